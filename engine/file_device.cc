@@ -1,5 +1,7 @@
 #include "engine/file_device.h"
 
+#include "engine/fan_in.h"
+
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -13,21 +15,6 @@
 namespace kcopyfs {
 
 namespace {
-
-// Fan-in of several I/O completions into one callback with the first error.
-struct Countdown {
-  std::atomic<int> left;
-  std::atomic<int> first_error{0};
-  IoCallback done;
-  Countdown(int n, IoCallback d) : left(n), done(std::move(d)) {}
-  void arrive(int err) {
-    if (err != 0) {
-      int expected = 0;
-      first_error.compare_exchange_strong(expected, err);
-    }
-    if (left.fetch_sub(1) == 1) done(std::error_code(first_error.load(), std::generic_category()));
-  }
-};
 
 std::error_code to_error(int res) {
   return res < 0 ? std::error_code(-res, std::generic_category()) : std::error_code();
@@ -144,11 +131,7 @@ Status FileDevice::grow_file(Bytes new_size) {
 }
 
 void FileDevice::fail(IoCallback done, int err) {
-  IoOp op;
-  op.kind = IoOpKind::nop;
-  op.length = static_cast<uint64_t>(err);
-  op.done = [done = std::move(done)](int res) { done(to_error(res)); };
-  ring_->submit(std::move(op));
+  ring_->defer([done = std::move(done), err] { done(std::error_code(err, std::generic_category())); });
 }
 
 bool FileDevice::check_range(Bytes offset, uint64_t length, IoCallback& done) {
@@ -221,7 +204,7 @@ void FileDevice::write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCall
   if (!check_range(offset, length.value(), done)) return;
   if (length.value() == 0) return fail(std::move(done), 0);
   std::atomic<bool>& works = may_unmap ? fallocate_punch_works_ : fallocate_zero_works_;
-  if (!works.load(std::memory_order_relaxed)) return write_zeroes_by_writing(offset, length, std::move(done));
+  if (!works.load(std::memory_order_relaxed)) return write_zeroes_by_writing(*this, offset, length, std::move(done));
   IoOp op;
   op.kind = IoOpKind::fallocate;
   op.fd = fd_.get();
@@ -232,7 +215,7 @@ void FileDevice::write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCall
     if (res == -EOPNOTSUPP || res == -EINVAL || res == -ENOTTY) {
       // This filesystem or device cannot; remember it and write zeros instead.
       works.store(false, std::memory_order_relaxed);
-      write_zeroes_by_writing(offset, length, std::move(done));
+      write_zeroes_by_writing(*this, offset, length, std::move(done));
       return;
     }
     done(to_error(res));
@@ -240,16 +223,17 @@ void FileDevice::write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCall
   ring_->submit(std::move(op));
 }
 
-void FileDevice::write_zeroes_by_writing(Bytes offset, Bytes length, IoCallback done) {
+void write_zeroes_by_writing(BlockDevice& device, Bytes offset, Bytes length, IoCallback done) {
   auto zeros = zero_region();
   const uint64_t piece = zeros.size();
   const uint64_t n = (length.value() + piece - 1) / piece;
-  auto countdown = std::make_shared<Countdown>(static_cast<int>(n), std::move(done));
+  auto fan = std::make_shared<FanIn>(static_cast<unsigned>(n) + 1, std::move(done));
   for (uint64_t i = 0; i < n; ++i) {
     const uint64_t off = offset.value() + i * piece;
     const uint64_t len = std::min<uint64_t>(piece, offset.value() + length.value() - off);
-    write(Bytes(off), zeros.first(len), [countdown](std::error_code ec) { countdown->arrive(ec.value()); });
+    device.write(Bytes(off), zeros.first(len), [fan](std::error_code ec) { fan->arrive(ec); });
   }
+  fan->arrive();
 }
 
 Extent FileDevice::extent_at(Bytes offset) const {

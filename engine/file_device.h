@@ -67,7 +67,6 @@ class FileDevice final : public BlockDevice {
   // Completes done with err on the completion thread (never inline).
   void fail(IoCallback done, int err);
   bool check_range(Bytes offset, uint64_t length, IoCallback& done);
-  void write_zeroes_by_writing(Bytes offset, Bytes length, IoCallback done);
 
   // Constant after open.
   std::string path_;
@@ -88,5 +87,9 @@ class FileDevice final : public BlockDevice {
 
 // A process-wide read-only region of zeros (1 MiB, page aligned), for writing zeros without allocating.
 std::span<const std::byte> zero_region();
+
+// Zeroes [offset, offset+length) of device with ordinary writes from zero_region(), through the device's own
+// write path (so a target's write rules, such as copy-on-write, apply). Completion contract as BlockDevice's.
+void write_zeroes_by_writing(BlockDevice& device, Bytes offset, Bytes length, IoCallback done);
 
 }  // namespace kcopyfs

@@ -191,6 +191,13 @@ void IoRing::completion_loop() {
   }
 }
 
+void IoRing::defer(std::function<void()> fn) {
+  IoOp op;
+  op.kind = IoOpKind::nop;
+  op.done = [fn = std::move(fn)](int) { fn(); };
+  submit(std::move(op));
+}
+
 std::optional<int> IoRing::register_buffer(std::byte* base, uint64_t length) {
   std::lock_guard lock(slots_mutex_);
   for (unsigned i = 0; i < fixed_slots_; ++i) {

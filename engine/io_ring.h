@@ -70,6 +70,10 @@ class IoRing {
   void submit(std::span<IoOp> ops);
   void submit(IoOp op) { submit(std::span<IoOp>(&op, 1)); }
 
+  // Runs fn on the completion thread soon (after a no-op round trip through the ring), never inside this call:
+  // the way to complete something asynchronously without I/O. Thread-safe.
+  void defer(std::function<void()> fn);
+
   // Registers [base, base+length) as a fixed buffer. Result: its index, or nullopt when registration is not
   // possible here (the caller then submits with fixed_index = -1). Thread-safe.
   std::optional<int> register_buffer(std::byte* base, uint64_t length);

@@ -144,8 +144,7 @@ Status KcopydClient::submit(const Region* from, std::span<const Region> dests, C
   for (size_t i = 0; i < dests.size(); ++i) {
     if (auto s = check(dests[i], "destination"); !s) return s;
     if (dests[i].device->read_only())
-      return Error(std::make_error_code(std::errc::read_only_file_system),
-                   "kcopyd: destination " + dests[i].device->path() + " is read-only");
+      return Error::invalid("kcopyd: destination " + dests[i].device->path() + " is read-only");
     job->dests[i] = dests[i];
   }
   job->num_dests = static_cast<unsigned>(dests.size());
@@ -169,10 +168,10 @@ Status KcopydClient::submit(const Region* from, std::span<const Region> dests, C
 }
 
 void KcopydClient::post(Event event) {
-  {
-    std::lock_guard lock(mutex_);
-    inbox_.push_back(std::move(event));
-  }
+  // Notify under the lock: once the worker sees this (possibly last) event, the client may be destroyed, so
+  // the I/O thread must not touch wake_ after releasing mutex_.
+  std::lock_guard lock(mutex_);
+  inbox_.push_back(std::move(event));
   wake_.notify_one();
 }
 

@@ -5,8 +5,11 @@
 
 #include <boost/program_options.hpp>
 #include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -55,9 +58,59 @@ Endpoint parse_endpoint(const std::string& text) {
   return e;
 }
 
+// A colon suffix that starts like a number but is not a SIZE ("img:10Q") is a mistyped SIZE, not part of the
+// name, unless a file of that whole name exists. Result: the bad suffix, if any.
+std::optional<std::string> bad_size_suffix(const Endpoint& e) {
+  const auto colon = e.path.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  const std::string tail = e.path.substr(colon + 1);
+  if (tail.empty() || !std::isdigit(static_cast<unsigned char>(tail[0])) || parse_size(tail))
+    return std::nullopt;
+  struct stat st {};
+  if (::lstat(e.path.c_str(), &st) == 0) return std::nullopt;
+  return tail;
+}
+
+// Passes I/O through to a destination and remembers the first error, so the report can say why it failed
+// (kcopyd's callback says only which destination failed).
+class ErrorMemo final : public BlockDevice {
+ public:
+  explicit ErrorMemo(FileDevice& inner) : inner_(inner) {}
+  int first_error() const { return first_error_.load(); }
+
+  const std::string& path() const override { return inner_.path(); }
+  Bytes size() const override { return inner_.size(); }
+  uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
+  uint32_t memory_alignment() const override { return inner_.memory_alignment(); }
+  bool read_only() const override { return inner_.read_only(); }
+  FileDevice* as_file() override { return &inner_; }  // offload goes direct; a failed piece is redone through here
+  void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) override {
+    inner_.read(offset, buffer, remember(std::move(done)), fixed);
+  }
+  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed) override {
+    inner_.write(offset, buffer, remember(std::move(done)), fixed);
+  }
+  void flush(IoCallback done) override { inner_.flush(remember(std::move(done))); }
+  void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override {
+    inner_.write_zeroes(offset, length, may_unmap, remember(std::move(done)));
+  }
+
+ private:
+  IoCallback remember(IoCallback done) {
+    return [this, done = std::move(done)](std::error_code ec) {
+      int expected = 0;
+      if (ec) first_error_.compare_exchange_strong(expected, ec.value());
+      done(ec);
+    };
+  }
+  FileDevice& inner_;
+  std::atomic<int> first_error_{0};
+};
+
 struct Destination {
   Endpoint spec;
   std::unique_ptr<FileDevice> device;
+  std::unique_ptr<ErrorMemo> memo;  // what kcopyd writes through
   bool created = false;          // this run created the file
   std::optional<Bytes> old_size;  // this run extended the file from this size
   bool failed = false;
@@ -72,6 +125,7 @@ struct RunState {
   unsigned in_flight = 0;
   bool stop = false;
   std::string read_failure;
+  std::vector<std::pair<uint64_t, uint64_t>> finished;  // page-cache offload: segments (offset, length) done
 };
 
 void undo(std::vector<Destination>& dests) {
@@ -85,6 +139,18 @@ void undo(std::vector<Destination>& dests) {
       }
     }
   }
+}
+
+// Whether the engine will offload a copy from src to dst (kcopyd.h: both regular files on one filesystem). A
+// destination that does not exist yet will be created as a regular file in its directory.
+bool offload_applies(const std::string& src, const std::string& dst) {
+  struct stat s {}, d {};
+  if (::stat(src.c_str(), &s) != 0 || !S_ISREG(s.st_mode)) return false;
+  if (::stat(dst.c_str(), &d) == 0) return S_ISREG(d.st_mode) && d.st_dev == s.st_dev;
+  if (errno != ENOENT) return false;
+  const auto slash = dst.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : dst.substr(0, slash);
+  return ::stat(dir.c_str(), &d) == 0 && d.st_dev == s.st_dev;
 }
 
 std::string range_text(uint64_t begin, uint64_t end) {
@@ -147,13 +213,24 @@ int run_copy(const std::vector<std::string>& args) {
          for (auto& d : dests) v.push_back(&d.spec);
          return v;
        }()) {
+    if (auto bad = bad_size_suffix(*e))
+      return fail(kVerb, e->path + ": '" + *bad + "' is not a SIZE (bytes, or a number with K, M, G or T)");
     if ((e->offset && *e->offset % kSectorSize) || (e->length && *e->length % kSectorSize))
       return fail(kVerb, e->path + ": offset and length must be multiples of 512");
   }
 
+  // An offloaded copy (one destination, both regular files on one filesystem) runs through copy_file_range. On
+  // O_DIRECT descriptors the kernel splices it in small synchronous direct I/Os, at half the speed of the
+  // read+write path; through the page cache it reads ahead and writes back in large requests. So such a copy
+  // opens both files buffered, starts write-back of each finished segment at once (writing then overlaps reading
+  // instead of all waiting for the final fdatasync), and drops the pages it brought in (docs/benchmarks.md).
+  const bool allow_offload = vm.count("no-offload") == 0;
+  const bool page_cache_offload =
+      allow_offload && dests.size() == 1 && offload_applies(src_spec.path, dests[0].spec.path);
   OpenOptions src_options;
   src_options.access = Access::read_only;
   src_options.sharing = Sharing::shared;
+  if (page_cache_offload) src_options.cache = CacheMode::buffered;
   auto src = FileDevice::open(src_spec.path, src_options);
   if (!src) return fail(kVerb, src.error().message());
   const uint64_t src_size = src.value()->size().value();
@@ -166,6 +243,7 @@ int run_copy(const std::vector<std::string>& args) {
   struct stat src_st {};
   ::stat(src_spec.path.c_str(), &src_st);
   std::vector<std::pair<dev_t, ino_t>> seen{{src_st.st_dev, src_st.st_ino}};
+  std::vector<std::filesystem::path> missing;  // destinations to create, by their resolved names
   for (auto& d : dests) {
     if (d.spec.length && *d.spec.length != length)
       return fail(kVerb, d.spec.path + ": length " + std::to_string(*d.spec.length) +
@@ -173,6 +251,13 @@ int run_copy(const std::vector<std::string>& args) {
     struct stat st {};
     if (::stat(d.spec.path.c_str(), &st) != 0) {
       if (errno != ENOENT) return fail(kVerb, d.spec.path + ": " + std::strerror(errno));
+      std::error_code ec;
+      auto name = std::filesystem::absolute(d.spec.path, ec).lexically_normal();
+      auto resolved = std::filesystem::weakly_canonical(name, ec);
+      if (!ec) name = std::move(resolved);
+      if (std::find(missing.begin(), missing.end(), name) != missing.end())
+        return fail(kVerb, d.spec.path + ": is another destination (named twice)");
+      missing.push_back(name);
       continue;  // created below
     }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
@@ -196,12 +281,15 @@ int run_copy(const std::vector<std::string>& args) {
       ::close(fd);
       d.created = true;
     }
-    auto dev = FileDevice::open(d.spec.path, OpenOptions{});
+    OpenOptions dest_options;
+    if (page_cache_offload) dest_options.cache = CacheMode::buffered;
+    auto dev = FileDevice::open(d.spec.path, dest_options);
     if (!dev) {
       undo(dests);
       return fail(kVerb, dev.error().message());
     }
     d.device = std::move(dev).value();
+    d.memo = std::make_unique<ErrorMemo>(*d.device);
     const uint64_t need = d.spec.offset.value_or(0) + length;
     if (need > d.device->size().value()) {
       if (d.device->is_block_device()) {
@@ -219,7 +307,9 @@ int run_copy(const std::vector<std::string>& args) {
 
   KcopydOptions options;
   options.num_pages = 4096;  // 16 MiB: two segment jobs of 8 sub-jobs of 512 KiB each, with room to spare
-  options.allow_offload = vm.count("no-offload") == 0;
+  options.allow_offload = allow_offload;
+  // Offloaded pieces use no buffer: 2 MiB per copy_file_range call beat 512 KiB by ~15% (docs/benchmarks.md).
+  if (page_cache_offload) options.sub_job_size = Sector((2u << 20) / kSectorSize);
   if (throttle_percent < 100 || rate > 0) options.throttle = std::make_shared<Throttle>(throttle_percent, rate);
   auto client_or = KcopydClient::create(options);
   if (!client_or) {
@@ -231,7 +321,9 @@ int run_copy(const std::vector<std::string>& args) {
   // The copy runs as segment jobs, two in flight, so progress moves and a dead destination can be dropped from
   // the next segment while the others carry on. Each job keeps going past errors (IGNORE_ERROR) so that one
   // failing destination never starves the healthy ones of part of a segment.
-  uint64_t segment = 64ull << 20;
+  // A page-cache offload starts write-back per finished segment, so its segments are smaller: 16 MiB beat
+  // 64 MiB by 15-35% on 1 GiB copies (docs/benchmarks.md).
+  uint64_t segment = page_cache_offload ? 16ull << 20 : 64ull << 20;
   if (rate > 0) segment = std::clamp<uint64_t>(rate / 2 / kSectorSize * kSectorSize, 1ull << 20, segment);
   CopyFlags flags;
   flags.ignore_error = true;
@@ -249,7 +341,7 @@ int run_copy(const std::vector<std::string>& args) {
         std::vector<size_t> which;
         for (size_t i = 0; i < dests.size(); ++i) {
           if (dests[i].failed) continue;
-          regions.push_back(Region{dests[i].device.get(), to_sectors(Bytes(dests[i].spec.offset.value_or(0) + next)),
+          regions.push_back(Region{dests[i].memo.get(), to_sectors(Bytes(dests[i].spec.offset.value_or(0) + next)),
                                    Sector(0)});
           which.push_back(i);
         }
@@ -264,6 +356,7 @@ int run_copy(const std::vector<std::string>& args) {
           std::lock_guard l(state.mutex);
           --state.in_flight;
           state.done_bytes += seg;
+          if (page_cache_offload) state.finished.emplace_back(begin, seg);
           if (read_error && state.read_failure.empty()) {
             state.read_failure = src_spec.path + ": read failed within " + range_text(src_off + begin, src_off + begin + seg);
             state.stop = true;
@@ -273,7 +366,9 @@ int run_copy(const std::vector<std::string>& args) {
             if ((write_errors & (1u << k)) && !d.failed) {
               d.failed = true;
               const uint64_t at = d.spec.offset.value_or(0) + begin;
-              d.failure = "write failed within " + range_text(at, at + seg);
+              const int err = d.memo->first_error();
+              d.failure = "write failed within " + range_text(at, at + seg) +
+                          (err != 0 ? std::string(": ") + std::strerror(err) : std::string());
             }
           }
           state.changed.notify_all();
@@ -289,6 +384,19 @@ int run_copy(const std::vector<std::string>& args) {
       if (state.in_flight == 0 && (state.stop || next >= length)) break;
       state.changed.wait_for(lock, std::chrono::milliseconds(100));
       if (progress) progress->update(state.done_bytes);
+      if (!state.finished.empty()) {
+        // Outside the lock, which the worker's callbacks need.
+        auto finished = std::move(state.finished);
+        state.finished.clear();
+        lock.unlock();
+        for (auto [begin, n] : finished) {
+          const auto at = static_cast<off_t>(dests[0].spec.offset.value_or(0) + begin);
+          ::sync_file_range(dests[0].device->fd(), at, static_cast<off_t>(n), SYNC_FILE_RANGE_WRITE);
+          ::posix_fadvise(src.value()->fd(), static_cast<off_t>(src_off + begin), static_cast<off_t>(n),
+                          POSIX_FADV_DONTNEED);
+        }
+        lock.lock();
+      }
     }
   }
   client.reset();  // every callback has run
@@ -300,6 +408,12 @@ int run_copy(const std::vector<std::string>& args) {
       d.failed = true;
       d.failure = "flush failed: " + ec.message();
     }
+  }
+  if (page_cache_offload) {
+    // Leave the page cache as an O_DIRECT copy would, without this copy's pages (all clean after the flush).
+    ::posix_fadvise(dests[0].device->fd(), static_cast<off_t>(dests[0].spec.offset.value_or(0)),
+                    static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+    ::posix_fadvise(src.value()->fd(), static_cast<off_t>(src_off), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
   }
   if (progress) progress->finish(state.done_bytes);
 

@@ -1,0 +1,394 @@
+#include "snapshot/origin.h"
+
+#include <algorithm>
+#include <map>
+
+#include "engine/file_device.h"
+#include "engine/io_ring.h"
+#include "snapshot/persistent_store.h"
+#include "snapshot/transient_store.h"
+
+namespace kcopyfs {
+
+namespace {
+constexpr uint32_t kKcopydPages = 2048;  // 8 MiB of copy buffers per origin
+}
+
+Result<std::unique_ptr<Origin>> Origin::create(std::unique_ptr<BlockDevice> device) {
+  std::unique_ptr<Origin> origin(new Origin(std::move(device)));
+  KcopydOptions options;
+  options.num_pages = kKcopydPages;
+  options.allow_offload = false;  // chunks are small and the COW data must not sit in the page cache
+  auto client = KcopydClient::create(options);
+  if (!client) return client.error();
+  origin->kcopyd_ = std::move(client).value();
+  return origin;
+}
+
+Origin::Origin(std::unique_ptr<BlockDevice> device) : device_(std::move(device)) {}
+
+Origin::~Origin() {
+  stop_merge();
+  kcopyd_.reset();  // waits for every copy; their callbacks still find the snapshots
+  snapshots_.clear();
+}
+
+void Origin::run(Actions& after) {
+  for (auto& a : after) a();
+  after.clear();
+}
+
+void Origin::fail_async(IoCallback done, int error) {
+  auto ring = IoRing::shared();
+  ring.value()->defer([done = std::move(done), error] { done(std::error_code(error, std::generic_category())); });
+}
+
+Result<Snapshot*> Origin::create_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow,
+                                          const SnapshotOptions& options) {
+  if (find_snapshot(name) != nullptr) return Error::invalid("snapshot " + name + " exists already");
+  const std::string rule =
+      check_chunk_size(options.chunk_size, device_->logical_block_size(), cow->logical_block_size());
+  if (!rule.empty()) return Error::invalid(rule);
+  std::unique_ptr<ExceptionStore> store;
+  if (options.persistent) {
+    auto s = PersistentStore::create(*cow, options.chunk_size);
+    if (!s) return s.error();
+    store = std::move(s).value();
+  } else {
+    auto s = TransientStore::create(*cow, options.chunk_size);
+    if (!s) return s.error();
+    store = std::move(s).value();
+  }
+  return add_snapshot(std::unique_ptr<Snapshot>(new Snapshot(*this, name, std::move(cow), std::move(store),
+                                                             options.writable)));
+}
+
+Result<Snapshot*> Origin::attach_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow, bool writable) {
+  if (find_snapshot(name) != nullptr) return Error::invalid("snapshot " + name + " exists already");
+  std::vector<Exception> exceptions;
+  auto store = PersistentStore::open(*cow, device_->size_in_sectors(),
+                                     [&](const Exception& e) { exceptions.push_back(e); });
+  if (!store) return store.error();
+  const std::string rule = check_chunk_size(store.value()->chunk_size(), device_->logical_block_size(),
+                                            cow->logical_block_size());
+  if (!rule.empty()) return Error::invalid("COW " + cow->path() + ": " + rule);
+  const bool valid = store.value()->valid();
+  std::unique_ptr<Snapshot> snap(new Snapshot(*this, name, std::move(cow), std::move(store).value(), writable));
+  snap->table_.insert_bulk(exceptions);
+  snap->valid_ = valid;
+  return add_snapshot(std::move(snap));
+}
+
+Result<Snapshot*> Origin::add_snapshot(std::unique_ptr<Snapshot> snapshot) {
+  Actions released;
+  Snapshot* raw = snapshot.get();
+  {
+    std::unique_lock lock(mutex_);
+    if (holding_writes_) return Error::invalid("another snapshot is being added to this origin");
+    if (merging_ != nullptr) return Error::invalid("the origin is merging snapshot " + merging_->name());
+    // Hold new writes and drain the ones in flight: the snapshot starts at a point where none is half done.
+    holding_writes_ = true;
+    changed_.wait(lock, [&] { return writes_in_flight_ == 0; });
+    snapshots_.push_back(std::move(snapshot));
+    // The kernel keeps snapshots sorted by chunk size, largest first (§2.2).
+    std::stable_sort(snapshots_.begin(), snapshots_.end(), [](const auto& a, const auto& b) {
+      return a->geometry_.chunk_size() > b->geometry_.chunk_size();
+    });
+    holding_writes_ = false;
+    released.swap(held_writes_);
+  }
+  run(released);
+  return raw;
+}
+
+Status Origin::remove_snapshot(const std::string& name) {
+  Actions released;
+  std::unique_ptr<Snapshot> doomed;
+  {
+    std::unique_lock lock(mutex_);
+    auto it = std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& s) { return s->name() == name; });
+    if (it == snapshots_.end()) return Error::invalid("no snapshot " + name);
+    if (it->get() == merging_) return Error::invalid("snapshot " + name + " is merging");
+    holding_writes_ = true;
+    Snapshot* s = it->get();
+    changed_.wait(lock, [&] { return writes_in_flight_ == 0 && s->pending_.empty(); });
+    it = std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& p) { return p.get() == s; });
+    doomed = std::move(*it);
+    snapshots_.erase(it);
+    holding_writes_ = false;
+    released.swap(held_writes_);
+  }
+  doomed.reset();
+  run(released);
+  return {};
+}
+
+Snapshot* Origin::find_snapshot(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& s : snapshots_) {
+    if (s->name() == name) return s.get();
+  }
+  return nullptr;
+}
+
+std::vector<Snapshot*> Origin::snapshots() const {
+  std::lock_guard lock(mutex_);
+  std::vector<Snapshot*> out;
+  for (const auto& s : snapshots_) out.push_back(s.get());
+  return out;
+}
+
+void Origin::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) {
+  if (merge_active_.load(std::memory_order_acquire)) return read_during_merge(offset, buffer, std::move(done));
+  device_->read(offset, buffer, std::move(done), fixed);
+}
+
+void Origin::flush(IoCallback done) { device_->flush(std::move(done)); }
+
+void Origin::write_zeroes(Bytes offset, Bytes length, bool /*may_unmap*/, IoCallback done) {
+  // Through the write path, so the snapshots keep the old data.
+  write_zeroes_by_writing(*this, offset, length, std::move(done));
+}
+
+void Origin::write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed) {
+  if (device_->read_only()) return fail_async(std::move(done), EROFS);
+  if (offset.value() > size().value() || buffer.size() > size().value() - offset.value())
+    return fail_async(std::move(done), EINVAL);
+  auto w = std::make_shared<Write>();
+  w->offset = offset;
+  w->buffer = buffer;
+  w->fixed = fixed;
+  w->done = std::move(done);
+  Actions after;
+  {
+    std::lock_guard lock(mutex_);
+    if (holding_writes_) {
+      held_writes_.push_back([this, w] { write(w->offset, w->buffer, std::move(w->done), w->fixed); });
+      return;
+    }
+    if (merging_ != nullptr && !buffer.empty()) {
+      write_during_merge_locked(w, after);
+    } else {
+      ++writes_in_flight_;
+      const Sector first = to_sectors(offset);
+      const Sector last = first + to_sectors(Bytes(buffer.size())) - Sector(1);
+      if (buffer.empty() || !protect_range_locked(first, last, [this, w] { issue_device_write(w); }, after))
+        after.push_back([this, w] { issue_device_write(w); });
+    }
+  }
+  run(after);
+}
+
+bool Origin::protect_range_locked(Sector first, Sector last, std::function<void()> ready, Actions& after) {
+  // Counts the pending exceptions still to complete; the last one to complete runs ready.
+  struct Barrier {
+    unsigned waits = 0;
+    std::function<void()> ready;
+  };
+  auto barrier = std::make_shared<Barrier>();
+  barrier->ready = std::move(ready);
+  std::vector<PendingException*> fresh;
+  for (auto& sp : snapshots_) {
+    Snapshot& s = *sp;
+    if (!s.valid_ || &s == merging_) continue;
+    const ChunkGeometry& g = s.geometry_;
+    for (uint64_t c = g.chunk_of(first).value(); c <= g.chunk_of(last).value(); ++c) {
+      const ChunkIndex chunk(c);
+      if (s.table_.lookup(chunk)) continue;
+      PendingException* pe = s.find_pending_locked(chunk);
+      if (pe == nullptr) {
+        pe = s.new_pending_locked(chunk);
+        if (pe == nullptr) {
+          // The COW store is full: an origin write always invalidates (even a "PO" store, §2.4).
+          invalidate_locked(s, after);
+          break;
+        }
+        fresh.push_back(pe);
+      }
+      ++barrier->waits;
+      pe->waiters.push_back([this, barrier](bool) {
+        bool last_one;
+        {
+          std::lock_guard lock(mutex_);
+          last_one = --barrier->waits == 0;
+        }
+        if (last_one) barrier->ready();
+      });
+    }
+  }
+  start_copies_locked(fresh, after);
+  return barrier->waits > 0;
+}
+
+// Builds the copy jobs for freshly allocated exceptions: per chunk size, runs of adjacent origin chunks whose
+// COW chunks are adjacent too in every destination snapshot become one kcopyd job with up to 8 destinations.
+void Origin::start_copies_locked(std::vector<PendingException*>& fresh, Actions& after) {
+  if (fresh.empty()) return;
+  std::map<uint64_t, std::map<uint64_t, std::vector<PendingException*>>> by_size;  // chunk size -> old -> pes
+  for (PendingException* pe : fresh) {
+    pe->copy_started = true;
+    by_size[pe->snapshot->geometry_.chunk_size().value()][pe->old_chunk.value()].push_back(pe);
+  }
+  struct Job {
+    uint64_t old_first = 0;
+    uint64_t chunks = 0;
+    std::vector<std::vector<PendingException*>> per_dest;  // per destination: its exceptions in old order
+  };
+  for (auto& [size, by_old] : by_size) {
+    const ChunkGeometry g{Sector(size)};
+    size_t slices = 0;
+    for (auto& [old, pes] : by_old) slices = std::max(slices, (pes.size() + kMaxDestinations - 1) / kMaxDestinations);
+    for (size_t slice = 0; slice < slices; ++slice) {
+      std::vector<Job> jobs;
+      for (auto& [old, pes] : by_old) {
+        const size_t begin = slice * kMaxDestinations;
+        if (begin >= pes.size()) continue;
+        const size_t end = std::min(pes.size(), begin + kMaxDestinations);
+        bool extended = false;
+        if (!jobs.empty()) {
+          Job& j = jobs.back();
+          if (j.old_first + j.chunks == old && j.per_dest.size() == end - begin) {
+            bool lines_up = true;
+            for (size_t d = 0; d < j.per_dest.size() && lines_up; ++d) {
+              const PendingException* head = j.per_dest[d].front();
+              const PendingException* pe = pes[begin + d];
+              lines_up = pe->snapshot == head->snapshot && pe->new_chunk.value() == head->new_chunk.value() + j.chunks;
+            }
+            if (lines_up) {
+              for (size_t d = 0; d < j.per_dest.size(); ++d) j.per_dest[d].push_back(pes[begin + d]);
+              ++j.chunks;
+              extended = true;
+            }
+          }
+        }
+        if (!extended) {
+          Job j;
+          j.old_first = old;
+          j.chunks = 1;
+          for (size_t d = begin; d < end; ++d) j.per_dest.push_back({pes[d]});
+          jobs.push_back(std::move(j));
+        }
+      }
+      for (Job& j : jobs) {
+        const Sector start = g.start_of(ChunkIndex(j.old_first));
+        // The origin's last chunk may be partial.
+        const Sector count = min(Sector(j.chunks * size), device_->size_in_sectors() - start);
+        std::vector<Region> dests;
+        for (auto& list : j.per_dest) {
+          Snapshot& s = *list.front()->snapshot;
+          dests.push_back(Region{s.cow_.get(), g.start_of(list.front()->new_chunk), Sector(0)});
+        }
+        auto per_dest = std::make_shared<std::vector<std::vector<PendingException*>>>(std::move(j.per_dest));
+        after.push_back([this, start, count, dests = std::move(dests), per_dest] {
+          auto st = kcopyd_->copy(Region{device_.get(), start, count}, dests, CopyFlags{},
+                                  [this, per_dest](bool read_error, uint32_t write_errors) {
+                                    for (size_t d = 0; d < per_dest->size(); ++d) {
+                                      const bool ok = !read_error && (write_errors & (1u << d)) == 0;
+                                      copy_finished((*per_dest)[d], ok);
+                                    }
+                                  });
+          if (!st) {
+            for (auto& list : *per_dest) copy_finished(list, false);
+          }
+        });
+      }
+    }
+  }
+}
+
+void Origin::copy_finished(std::vector<PendingException*> pes, bool ok) {
+  Actions after;
+  {
+    std::lock_guard lock(mutex_);
+    for (PendingException* pe : pes) {
+      pe->copy_done = true;
+      pe->copy_ok = ok;
+      pe->snapshot->copied_[pe->sequence] = pe;
+    }
+    // All of one job's exceptions belong to one snapshot per list; commit whatever is now in order.
+    if (!pes.empty()) commit_in_order_locked(*pes.front()->snapshot, after);
+  }
+  run(after);
+}
+
+// Commits go to the store in allocation order, as the kernel forces (§2.4): a chunk allocated later must never
+// be recorded before an earlier one, or a crash could lose track of allocated space.
+void Origin::commit_in_order_locked(Snapshot& s, Actions& after) {
+  for (;;) {
+    auto it = s.copied_.find(s.next_commit_);
+    if (it == s.copied_.end()) return;
+    PendingException* pe = it->second;
+    s.copied_.erase(it);
+    ++s.next_commit_;
+    const Exception e{pe->old_chunk, pe->new_chunk};
+    ExceptionStore* store = s.store_.get();
+    const bool ok = pe->copy_ok;
+    after.push_back([this, store, e, ok, pe] {
+      store->commit_exception(e, ok, [this, pe](bool valid) { commit_finished(pe, valid); });
+    });
+  }
+}
+
+void Origin::commit_finished(PendingException* pe, bool valid) {
+  Actions after;
+  {
+    std::lock_guard lock(mutex_);
+    Snapshot& s = *pe->snapshot;
+    if (valid && s.valid_) {
+      // From now on reads of the chunk go to the COW store; reads already sent to the origin must finish before
+      // the origin write that waits on this exception may overwrite the chunk.
+      s.table_.insert(pe->old_chunk, pe->new_chunk);
+      auto tracked = s.tracked_reads_.find(pe->old_chunk.value());
+      if (tracked != s.tracked_reads_.end() && tracked->second > 0) {
+        s.read_drain_waiters_[pe->old_chunk.value()].push_back([this, pe] {
+          Actions next;
+          {
+            std::lock_guard l(mutex_);
+            complete_pending_locked(pe, true, next);
+          }
+          run(next);
+        });
+        return;
+      }
+      complete_pending_locked(pe, true, after);
+    } else {
+      if (s.valid_) invalidate_locked(s, after);
+      complete_pending_locked(pe, false, after);
+    }
+  }
+  run(after);
+}
+
+void Origin::complete_pending_locked(PendingException* pe, bool ok, Actions& after) {
+  Snapshot& s = *pe->snapshot;
+  auto it = s.pending_.find(pe->old_chunk.value());
+  std::unique_ptr<PendingException> owned = std::move(it->second);
+  s.pending_.erase(it);
+  auto waiters = std::make_shared<std::vector<std::function<void(bool)>>>(std::move(owned->waiters));
+  after.push_back([waiters, ok] {
+    for (auto& w : *waiters) w(ok);
+  });
+  changed_.notify_all();
+}
+
+void Origin::invalidate_locked(Snapshot& s, Actions& after) {
+  if (!s.valid_) return;
+  s.valid_ = false;
+  ExceptionStore* store = s.store_.get();
+  after.push_back([store] { store->invalidate([](bool) {}); });
+}
+
+void Origin::issue_device_write(const std::shared_ptr<Write>& w) {
+  device_->write(
+      w->offset, w->buffer,
+      [this, w](std::error_code ec) {
+        {
+          std::lock_guard lock(mutex_);
+          if (--writes_in_flight_ == 0) changed_.notify_all();
+        }
+        w->done(ec);
+      },
+      w->fixed);
+}
+
+}  // namespace kcopyfs

@@ -1,0 +1,32 @@
+// PendingException: a chunk of one snapshot on its way from the origin to the COW store
+// (kernel-dm-notes.md §2.4). Its life: allocated (store.prepare_exception) → data copied (a kcopyd job, or a
+// snapshot write that covers the whole chunk) → committed in allocation order (store.commit_exception) →
+// completed: the chunk enters the snapshot's ExceptionTable and every waiter runs. Origin writes to the chunk
+// wait for it so that the snapshot keeps the old data; snapshot writes wait so that they land on the copy.
+//
+// Guarded by the owning Origin's mutex.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "snapshot/chunk.h"
+
+namespace kcopyfs {
+
+class Snapshot;
+
+struct PendingException {
+  Snapshot* snapshot = nullptr;
+  ChunkIndex old_chunk;
+  ChunkIndex new_chunk;
+  uint64_t sequence = 0;  // allocation order within the snapshot's store
+  bool copy_started = false;
+  bool copy_done = false;
+  bool copy_ok = true;
+  // Run when the exception is complete (ok = committed) or has failed (ok = false: the snapshot is invalid).
+  std::vector<std::function<void(bool ok)>> waiters;
+};
+
+}  // namespace kcopyfs
