@@ -1,12 +1,12 @@
 // BlockDevice: the one interface every backing store implements (image files, block devices, the
 // fault-injecting device of the tests) and every layer above does I/O through.
 //
-// Units: offsets and lengths are Bytes and must be multiples of logical_block_size(); buffers should be aligned
-// to memory_alignment() (a misaligned buffer still works, through a bounce copy).
+// Units: offsets and lengths are Bytes and must be multiples of logical_block_size(); buffers should be
+// aligned to memory_alignment() (a misaligned buffer still works, through a bounce copy).
 //
-// Completion contract, the same for every asynchronous call below: when the call returns, `done` will be called
-// exactly once, on an I/O completion thread and never inside the call itself, with an empty error_code on
-// success or the errno of the failure. `done` must not block. Calls are thread-safe and may be issued
+// Completion contract, the same for every asynchronous call below: when the call returns, `done` will be
+// called exactly once, on an I/O completion thread and never inside the call itself, with an empty error_code
+// on success or the errno of the failure. `done` must not block. Calls are thread-safe and may be issued
 // concurrently; no ordering holds between operations in flight at the same time (issue a flush after the
 // writes that must be durable have completed).
 #pragma once
@@ -24,8 +24,8 @@ using IoCallback = std::function<void(std::error_code)>;
 
 class FileDevice;
 
-// A registered buffer (see IoRing::register_buffer) that a buffer handed to read()/write() lies within, so the
-// device may use fixed-buffer I/O. Default: none.
+// A registered buffer (see IoRing::register_buffer) that a buffer handed to read()/write() lies within, so
+// the device may use fixed-buffer I/O. Default: none.
 struct FixedBuffer {
   const void* ring = nullptr;  // the IoRing the index belongs to
   int index = -1;
@@ -55,7 +55,8 @@ class BlockDevice {
   // Reads buffer.size() bytes at offset. Completion contract above.
   virtual void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) = 0;
   // Writes buffer at offset. The buffer must stay valid until done runs. Completion contract above.
-  virtual void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) = 0;
+  virtual void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+                     FixedBuffer fixed = {}) = 0;
   // Makes every write completed before this call durable (data and the metadata needed to read it back).
   virtual void flush(IoCallback done) = 0;
   // Makes [offset, offset+length) read as zeros. With may_unmap the space may be deallocated (a hole), which

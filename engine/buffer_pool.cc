@@ -10,8 +10,8 @@
 namespace kcopyfs {
 
 BufferPool::BufferPool(uint32_t num_pages, IoRing* ring) : num_pages_(num_pages), ring_(ring) {
-  void* p = ::mmap(nullptr, size_t{num_pages} * kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-                   0);
+  void* p = ::mmap(nullptr, size_t{num_pages} * kPageSize, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     std::perror("kcopyd buffer pool: mmap");
     std::abort();

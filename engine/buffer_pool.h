@@ -1,11 +1,11 @@
 // BufferPool: the fixed data-buffer budget of one kcopyd client.
 //
-// The pool is one page-aligned mapping of num_pages × 4 KiB made at construction, registered with the IoRing as
-// a fixed buffer when the kernel allows it. allocate() hands out contiguous runs of pages (first fit over a
-// free-extent map, coalesced on release); nothing else is ever allocated for data, so the budget is a hard bound.
-// A request that does not fit now returns nullopt and the caller waits for a release: since every allocation is
-// released when its I/O ends, a request of at most capacity() pages is always satisfied eventually.
-// Not thread-safe: the owning kcopyd worker is its only user.
+// The pool is one page-aligned mapping of num_pages × 4 KiB made at construction, registered with the IoRing
+// as a fixed buffer when the kernel allows it. allocate() hands out contiguous runs of pages (first fit over
+// a free-extent map, coalesced on release); nothing else is ever allocated for data, so the budget is a hard
+// bound. A request that does not fit now returns nullopt and the caller waits for a release: since every
+// allocation is released when its I/O ends, a request of at most capacity() pages is always satisfied
+// eventually. Not thread-safe: the owning kcopyd worker is its only user.
 #pragma once
 
 #include <cstddef>

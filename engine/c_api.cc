@@ -31,7 +31,8 @@ bool to_regions(unsigned int n, const io_region* in, kcopyfs::Region* out) {
   if (in == nullptr || n == 0 || n > KCOPYD_MAX_REGIONS) return false;
   for (unsigned i = 0; i < n; ++i) {
     if (in[i].bdev == nullptr) return false;
-    out[i] = kcopyfs::Region{in[i].bdev->device.get(), kcopyfs::Sector(in[i].sector), kcopyfs::Sector(in[i].count)};
+    out[i] = kcopyfs::Region{in[i].bdev->device.get(), kcopyfs::Sector(in[i].sector),
+                             kcopyfs::Sector(in[i].count)};
   }
   return true;
 }
@@ -53,8 +54,8 @@ int kcopyd_client_create(unsigned int num_pages, struct kcopyd_client** result) 
   return 0;
 }
 
-int kcopyd_copy(struct kcopyd_client* kc, struct io_region* from, unsigned int num_dests, struct io_region* dests,
-                unsigned int flags, kcopyd_notify_fn fn, void* context) {
+int kcopyd_copy(struct kcopyd_client* kc, struct io_region* from, unsigned int num_dests,
+                struct io_region* dests, unsigned int flags, kcopyd_notify_fn fn, void* context) {
   kcopyfs::Region src[1];
   kcopyfs::Region dst[KCOPYD_MAX_REGIONS];
   if (kc == nullptr || fn == nullptr || !to_regions(1, from, src) || !to_regions(num_dests, dests, dst))

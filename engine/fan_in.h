@@ -1,7 +1,7 @@
 // FanIn: joins the completions of several asynchronous pieces of one request into the request's one callback,
-// which receives the first error (or success). Start with one reference per piece plus one for the issuer, and
-// have the issuer call arrive() once it has issued every piece, so the callback cannot run while pieces are still
-// being issued. Thread-safe; use through std::shared_ptr.
+// which receives the first error (or success). Start with one reference per piece plus one for the issuer,
+// and have the issuer call arrive() once it has issued every piece, so the callback cannot run while pieces
+// are still being issued. Thread-safe; use through std::shared_ptr.
 #pragma once
 
 #include <functional>

@@ -111,17 +111,20 @@ void FaultDevice::timer_loop() {
 }
 
 void FaultDevice::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) {
-  dispatch(Op::read, to_sectors(offset), to_sectors(Bytes(buffer.size())), std::move(done),
-           [this, offset, buffer, fixed](IoCallback cb) { inner_.read(offset, buffer, std::move(cb), fixed); });
+  dispatch(
+      Op::read, to_sectors(offset), to_sectors(Bytes(buffer.size())), std::move(done),
+      [this, offset, buffer, fixed](IoCallback cb) { inner_.read(offset, buffer, std::move(cb), fixed); });
 }
 
 void FaultDevice::write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed) {
-  dispatch(Op::write, to_sectors(offset), to_sectors(Bytes(buffer.size())), std::move(done),
-           [this, offset, buffer, fixed](IoCallback cb) { inner_.write(offset, buffer, std::move(cb), fixed); });
+  dispatch(
+      Op::write, to_sectors(offset), to_sectors(Bytes(buffer.size())), std::move(done),
+      [this, offset, buffer, fixed](IoCallback cb) { inner_.write(offset, buffer, std::move(cb), fixed); });
 }
 
 void FaultDevice::flush(IoCallback done) {
-  dispatch(Op::flush, Sector(0), Sector(0), std::move(done), [this](IoCallback cb) { inner_.flush(std::move(cb)); });
+  dispatch(Op::flush, Sector(0), Sector(0), std::move(done),
+           [this](IoCallback cb) { inner_.flush(std::move(cb)); });
 }
 
 void FaultDevice::write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) {

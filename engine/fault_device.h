@@ -1,9 +1,9 @@
-// FaultDevice: a BlockDevice wrapper that fails chosen sector ranges, adds latency and records every operation,
-// for tests of every layer (kcopyd's error rules, mirror leg faults, snapshot COW failures).
+// FaultDevice: a BlockDevice wrapper that fails chosen sector ranges, adds latency and records every
+// operation, for tests of every layer (kcopyd's error rules, mirror leg faults, snapshot COW failures).
 //
-// Rules are checked in the order added; the first that matches an operation decides it. A failing operation is
-// not passed to the inner device; a delayed one is passed on after its delay. Failures and delays complete on
-// the FaultDevice's own dispatcher thread, so the BlockDevice completion contract holds. Thread-safe.
+// Rules are checked in the order added; the first that matches an operation decides it. A failing operation
+// is not passed to the inner device; a delayed one is passed on after its delay. Failures and delays complete
+// on the FaultDevice's own dispatcher thread, so the BlockDevice completion contract holds. Thread-safe.
 #pragma once
 
 #include <chrono>
@@ -24,11 +24,11 @@ class FaultDevice final : public BlockDevice {
 
   struct Rule {
     Op op = Op::read;
-    Sector start;                 // the range it applies to (ignored for flush)
+    Sector start;                        // the range it applies to (ignored for flush)
     Sector count = Sector(~0ull >> 10);  // default: the whole device
-    int error = 0;                // errno to fail with; 0 passes the operation on
+    int error = 0;                       // errno to fail with; 0 passes the operation on
     std::chrono::microseconds delay{0};  // added before passing on or failing
-    int remaining = -1;           // how many more matches it applies to; -1: forever
+    int remaining = -1;                  // how many more matches it applies to; -1: forever
   };
 
   struct Record {
@@ -46,7 +46,9 @@ class FaultDevice final : public BlockDevice {
   void clear_rules();
   // Shorthands.
   void fail_reads(Sector start, Sector count, int error = EIO) { add_rule({Op::read, start, count, error}); }
-  void fail_writes(Sector start, Sector count, int error = EIO) { add_rule({Op::write, start, count, error}); }
+  void fail_writes(Sector start, Sector count, int error = EIO) {
+    add_rule({Op::write, start, count, error});
+  }
   void fail_all_writes(int error = EIO) { add_rule({Op::write, Sector(0), Sector(~0ull >> 10), error}); }
   void fail_flushes(int error = EIO) { add_rule({Op::flush, Sector(0), Sector(~0ull >> 10), error}); }
   void set_latency(Op op, std::chrono::microseconds delay) {
@@ -67,7 +69,8 @@ class FaultDevice final : public BlockDevice {
   Extent extent_at(Bytes offset) const override { return inner_.extent_at(offset); }
 
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
-  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
+  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+             FixedBuffer fixed = {}) override;
   void flush(IoCallback done) override;
   void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override;
 

@@ -204,7 +204,8 @@ void FileDevice::write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCall
   if (!check_range(offset, length.value(), done)) return;
   if (length.value() == 0) return fail(std::move(done), 0);
   std::atomic<bool>& works = may_unmap ? fallocate_punch_works_ : fallocate_zero_works_;
-  if (!works.load(std::memory_order_relaxed)) return write_zeroes_by_writing(*this, offset, length, std::move(done));
+  if (!works.load(std::memory_order_relaxed))
+    return write_zeroes_by_writing(*this, offset, length, std::move(done));
   IoOp op;
   op.kind = IoOpKind::fallocate;
   op.fd = fd_.get();
@@ -242,7 +243,7 @@ Extent FileDevice::extent_at(Bytes offset) const {
   const off_t data = ::lseek(fd_.get(), off, SEEK_DATA);
   if (data < 0) {
     if (errno == ENXIO) return Extent{false, size_ - offset};  // a hole to the end
-    return Extent{true, size_ - offset};                        // cannot tell: treat as data
+    return Extent{true, size_ - offset};                       // cannot tell: treat as data
   }
   if (data > off) {
     // A hole up to `data`, rounded down to a sector so the data after it is never skipped.

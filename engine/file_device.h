@@ -1,10 +1,10 @@
 // FileDevice: a BlockDevice over a regular file (an image) or a block device, doing its I/O on an IoRing.
 //
-// Opening follows interface.md's DEVICE rules: the size is the file size or BLKGETSIZE64 and must be a multiple
-// of 512; exclusive opens hold block devices with O_EXCL and files with an OFD lock, so a second holder (another
-// target, another process) is refused with a message saying so. O_DIRECT is used wherever the filesystem
-// supports it (statx DIOALIGN, or the open succeeding); elsewhere (tmpfs, some FUSE files) the device falls back
-// to buffered I/O, which flush() makes durable all the same.
+// Opening follows interface.md's DEVICE rules: the size is the file size or BLKGETSIZE64 and must be a
+// multiple of 512; exclusive opens hold block devices with O_EXCL and files with an OFD lock, so a second
+// holder (another target, another process) is refused with a message saying so. O_DIRECT is used wherever the
+// filesystem supports it (statx DIOALIGN, or the open succeeding); elsewhere (tmpfs, some FUSE files) the
+// device falls back to buffered I/O, which flush() makes durable all the same.
 #pragma once
 
 #include <sys/types.h>
@@ -22,7 +22,8 @@ namespace kcopyfs {
 
 enum class Access { read_only, read_write };
 // exclusive: no other holder (block devices O_EXCL; files a write lock, or a read lock for read-only opens,
-// which excludes writers only). shared: files take a read lock, so an exclusive holder refuses it. none: no lock.
+// which excludes writers only). shared: files take a read lock, so an exclusive holder refuses it. none: no
+// lock.
 enum class Sharing { exclusive, shared, none };
 enum class CacheMode { direct_if_possible, buffered };
 
@@ -46,13 +47,15 @@ class FileDevice final : public BlockDevice {
   bool read_only() const override { return read_only_; }
 
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
-  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
+  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+             FixedBuffer fixed = {}) override;
   void flush(IoCallback done) override;
   void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override;
   Extent extent_at(Bytes offset) const override;
   FileDevice* as_file() override { return is_block_device_ ? nullptr : this; }
 
-  // Regular files only, before any I/O: extends the file to new_size (a multiple of 512) and the device with it.
+  // Regular files only, before any I/O: extends the file to new_size (a multiple of 512) and the device with
+  // it.
   Status grow_file(Bytes new_size);
 
   bool is_block_device() const { return is_block_device_; }

@@ -21,7 +21,8 @@ Result<std::unique_ptr<IoRing>> IoRing::create(const Options& options) {
   int rc = io_uring_queue_init_params(options.entries, &r->ring_, &params);
   if (rc < 0) return Error::from_errno(-rc, "io_uring_queue_init");
   r->cq_capacity_ = params.cq_entries;
-  if (options.fixed_buffer_slots > 0 && io_uring_register_buffers_sparse(&r->ring_, options.fixed_buffer_slots) == 0) {
+  if (options.fixed_buffer_slots > 0 &&
+      io_uring_register_buffers_sparse(&r->ring_, options.fixed_buffer_slots) == 0) {
     r->fixed_slots_ = options.fixed_buffer_slots;
     r->slot_used_.assign(options.fixed_buffer_slots, false);
   }

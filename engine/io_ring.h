@@ -1,19 +1,20 @@
 // IoRing: asynchronous file I/O on one io_uring, shared by every device and kcopyd client of a process.
 //
-// Design. Any thread may submit; submissions are batched under one mutex and handed to the kernel with a single
-// io_uring_enter per batch. One completion thread per ring blocks in io_uring_wait_cqe (no polling) and runs each
-// operation's completion. Short reads and writes are continued from where they stopped, -EAGAIN and -EINTR are
-// resubmitted, and a read that meets end-of-file fills the rest with zeros (a file shorter than its device).
-// When more operations are submitted than the completion queue can hold, the excess waits in a backlog inside
-// the ring and is issued as completions drain, so the kernel never drops a completion.
+// Design. Any thread may submit; submissions are batched under one mutex and handed to the kernel with a
+// single io_uring_enter per batch. One completion thread per ring blocks in io_uring_wait_cqe (no polling)
+// and runs each operation's completion. Short reads and writes are continued from where they stopped, -EAGAIN
+// and -EINTR are resubmitted, and a read that meets end-of-file fills the rest with zeros (a file shorter
+// than its device). When more operations are submitted than the completion queue can hold, the excess waits
+// in a backlog inside the ring and is issued as completions drain, so the kernel never drops a completion.
 //
 // Fixed buffers. A caller that owns long-lived memory (kcopyd's buffer pool) registers it once and passes the
-// returned index with each operation; the kernel then skips pinning pages per I/O. Registration is best effort:
-// without it (old kernel, RLIMIT_MEMLOCK) register_buffer() returns nullopt and plain I/O is used.
+// returned index with each operation; the kernel then skips pinning pages per I/O. Registration is best
+// effort: without it (old kernel, RLIMIT_MEMLOCK) register_buffer() returns nullopt and plain I/O is used.
 //
-// Contract of every submission: on success (the call returns) `done` is called exactly once, on the completion
-// thread, never inside the submitting call, with the full length for reads and writes or 0 for other operations,
-// or with -errno. `done` must not block: it may submit more I/O or hand work to another thread.
+// Contract of every submission: on success (the call returns) `done` is called exactly once, on the
+// completion thread, never inside the submitting call, with the full length for reads and writes or 0 for
+// other operations, or with -errno. `done` must not block: it may submit more I/O or hand work to another
+// thread.
 #pragma once
 
 #include <liburing.h>
@@ -41,19 +42,19 @@ enum class IoOpKind : uint8_t { read, write, fdatasync, fsync, fallocate, nop };
 struct IoOp {
   IoOpKind kind = IoOpKind::read;
   int fd = -1;
-  uint64_t offset = 0;        // bytes
+  uint64_t offset = 0;          // bytes
   std::byte* buffer = nullptr;  // read and write only
-  uint64_t length = 0;        // bytes; for fallocate the range length
-  int fixed_index = -1;       // a registered buffer that contains [buffer, buffer+length), or -1
-  int fallocate_mode = 0;     // FALLOC_FL_* for fallocate
+  uint64_t length = 0;          // bytes; for fallocate the range length
+  int fixed_index = -1;         // a registered buffer that contains [buffer, buffer+length), or -1
+  int fallocate_mode = 0;       // FALLOC_FL_* for fallocate
   IoCompletion done;
 };
 
 class IoRing {
  public:
   struct Options {
-    unsigned entries = 256;             // submission queue size; the completion queue is twice that
-    unsigned fixed_buffer_slots = 64;   // registered-buffer table size (0: no fixed buffers)
+    unsigned entries = 256;            // submission queue size; the completion queue is twice that
+    unsigned fixed_buffer_slots = 64;  // registered-buffer table size (0: no fixed buffers)
   };
 
   // Result: a running ring, or the error of io_uring_queue_init (ENOSYS/EPERM where io_uring is unavailable).
@@ -70,8 +71,8 @@ class IoRing {
   void submit(std::span<IoOp> ops);
   void submit(IoOp op) { submit(std::span<IoOp>(&op, 1)); }
 
-  // Runs fn on the completion thread soon (after a no-op round trip through the ring), never inside this call:
-  // the way to complete something asynchronously without I/O. Thread-safe.
+  // Runs fn on the completion thread soon (after a no-op round trip through the ring), never inside this
+  // call: the way to complete something asynchronously without I/O. Thread-safe.
   void defer(std::function<void()> fn);
 
   // Registers [base, base+length) as a fixed buffer. Result: its index, or nullopt when registration is not
@@ -95,8 +96,8 @@ class IoRing {
 
   std::mutex sq_mutex_;
   // Guarded by sq_mutex_.
-  unsigned in_kernel_ = 0;                          // submitted and not yet reaped
-  std::deque<std::unique_ptr<Pending>> backlog_;   // waiting for room in the completion queue
+  unsigned in_kernel_ = 0;                        // submitted and not yet reaped
+  std::deque<std::unique_ptr<Pending>> backlog_;  // waiting for room in the completion queue
 
   std::mutex slots_mutex_;
   std::vector<bool> slot_used_;  // guarded by slots_mutex_

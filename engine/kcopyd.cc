@@ -84,7 +84,8 @@ Result<std::unique_ptr<KcopydClient>> KcopydClient::create(const KcopydOptions& 
 }
 
 KcopydClient::KcopydClient(const KcopydOptions& options)
-    : sub_job_size_(min(options.sub_job_size, Sector(uint64_t{options.num_pages} * (kPageSize / kSectorSize)))),
+    : sub_job_size_(
+          min(options.sub_job_size, Sector(uint64_t{options.num_pages} * (kPageSize / kSectorSize)))),
       max_in_flight_(options.max_sub_jobs_in_flight),
       throttle_(options.throttle),
       allow_offload_(options.allow_offload),
@@ -382,7 +383,8 @@ void KcopydClient::issue(SubJob* sub) {
         std::lock_guard lock(offload_mutex_);
         offload_queue_.push_back(sub);
         if (offload_threads_.empty()) {
-          for (unsigned i = 0; i < kOffloadThreads; ++i) offload_threads_.emplace_back([this] { offload_loop(); });
+          for (unsigned i = 0; i < kOffloadThreads; ++i)
+            offload_threads_.emplace_back([this] { offload_loop(); });
         }
       }
       offload_wake_.notify_one();
@@ -408,8 +410,8 @@ void KcopydClient::issue_writes(SubJob* sub) {
     if (sub->kind == SubJob::Kind::zero) {
       d.device->write_zeroes(to_bytes(d.start + sub->offset), bytes, sub->may_unmap, std::move(done));
     } else {
-      d.device->write(to_bytes(d.start + sub->offset), sub->buffer->bytes.first(bytes.value()), std::move(done),
-                      sub->buffer->fixed);
+      d.device->write(to_bytes(d.start + sub->offset), sub->buffer->bytes.first(bytes.value()),
+                      std::move(done), sub->buffer->fixed);
     }
   }
 }

@@ -1,15 +1,17 @@
 // Kcopyd: the kernel's asynchronous copy engine in userspace (kernel-dm-notes.md §1 for the kernel's rules).
 //
-// A job copies one source Region to 1..8 destination Regions, or zeroes 1..8 Regions. It runs as sub-jobs of at
-// most sub_job_size (512 KiB by default), at most max_sub_jobs_in_flight (8) of one job at once; each sub-job
-// reads the source once into a buffer from the client's pool and writes every destination from that buffer in
-// parallel. The pool is the client's whole data-buffer budget (num_pages × 4 KiB), never exceeded: sub-jobs wait
-// for buffers in arrival order, and since a single sub-job always fits, every job makes progress.
+// A job copies one source Region to 1..8 destination Regions, or zeroes 1..8 Regions. It runs as sub-jobs of
+// at most sub_job_size (512 KiB by default), at most max_sub_jobs_in_flight (8) of one job at once; each
+// sub-job reads the source once into a buffer from the client's pool and writes every destination from that
+// buffer in parallel. The pool is the client's whole data-buffer budget (num_pages × 4 KiB), never exceeded:
+// sub-jobs wait for buffers in arrival order, and since a single sub-job always fits, every job makes
+// progress.
 //
 // Beyond the kernel, on request or where it is safe:
 //  - sparse: holes of the source (SEEK_DATA/SEEK_HOLE) are not read; the destination range is zeroed with
 //    may_unmap, so a file destination gets a hole.
-//  - offload: with one destination on the same filesystem as the source (both regular files), pieces are copied
+//  - offload: with one destination on the same filesystem as the source (both regular files), pieces are
+//  copied
 //    by the kernel (FICLONERANGE where blocks line up and the filesystem shares extents, else
 //    copy_file_range). A piece whose offload fails for any reason is redone by read and write, so errors are
 //    still attributed to the source or the destination as without offload.
@@ -68,7 +70,7 @@ using CopyCallback = std::function<void(bool read_error, uint32_t write_errors)>
 struct KcopydOptions {
   // The data-buffer budget in 4 KiB pages. When smaller than one sub-job, sub-jobs shrink to fit it.
   uint32_t num_pages = 1024;
-  Sector sub_job_size = Sector(1024);  // 512 KiB, the kernel's default
+  Sector sub_job_size = Sector(1024);   // 512 KiB, the kernel's default
   unsigned max_sub_jobs_in_flight = 8;  // per job, the kernel's SPLIT_COUNT
   std::shared_ptr<Throttle> throttle;   // shared by a group of clients; nullptr: unthrottled
   bool allow_offload = true;
@@ -96,8 +98,8 @@ class KcopydClient {
 
   // Copies from.count sectors from `from` to each of dests (each destination's count is ignored, as in the
   // kernel). Errors (callback not called): EINVAL for 0 or more than 8 destinations, a null device, a range
-  // beyond a device's end, or a read-only destination; ESHUTDOWN once destruction has begun and all jobs ended.
-  // A zero-length job completes with (false, 0).
+  // beyond a device's end, or a read-only destination; ESHUTDOWN once destruction has begun and all jobs
+  // ended. A zero-length job completes with (false, 0).
   Status copy(const Region& from, std::span<const Region> dests, CopyFlags flags, CopyCallback callback);
   // Zeroes dests[0].count sectors at each destination. Errors as copy().
   Status zero(std::span<const Region> dests, CopyFlags flags, CopyCallback callback);

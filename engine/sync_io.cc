@@ -1,15 +1,17 @@
 #include "engine/sync_io.h"
 
 #include <future>
+#include <memory>
 
 namespace kcopyfs {
 
 namespace {
 template <class Start>
 std::error_code wait_for(Start start) {
-  std::promise<std::error_code> done;
-  auto result = done.get_future();
-  start([&done](std::error_code ec) { done.set_value(ec); });
+  // Shared with the callback: its thread may still be inside set_value() when get() returns here.
+  auto done = std::make_shared<std::promise<std::error_code>>();
+  auto result = done->get_future();
+  start([done](std::error_code ec) { done->set_value(ec); });
   return result.get();
 }
 }  // namespace

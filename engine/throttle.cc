@@ -44,7 +44,8 @@ void Throttle::account_locked(Clock::time_point now) {
   }
 }
 
-Throttle::Clock::time_point Throttle::try_start(uint64_t bytes, unsigned waits_so_far, Clock::time_point now) {
+Throttle::Clock::time_point Throttle::try_start(uint64_t bytes, unsigned waits_so_far,
+                                                Clock::time_point now) {
   std::lock_guard lock(mutex_);
   account_locked(now);
   if (percent_ < 100 && waits_so_far < kMaxWaits) {

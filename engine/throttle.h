@@ -1,10 +1,11 @@
 // Throttle: limits how hard a group of kcopyd clients drives the disks, shared by every client given it.
 //
 // Two limits, both changeable while jobs run:
-//  - percent: the kernel's kcopyd throttle (kernel-dm-notes.md §1.7). It keeps the time during which at least one
+//  - percent: the kernel's kcopyd throttle (kernel-dm-notes.md §1.7). It keeps the time during which at least
+//  one
 //    of the group's I/Os was in flight and the total time, both decaying about every second; an I/O may start
-//    while the in-flight time is at most percent% of the total, and otherwise waits in 100 ms steps, at most ten
-//    times (then it goes anyway, as the kernel does). 100 means no limit.
+//    while the in-flight time is at most percent% of the total, and otherwise waits in 100 ms steps, at most
+//    ten times (then it goes anyway, as the kernel does). 100 means no limit.
 //  - bytes per second: a pacing cap on the data copied; 0 means no limit.
 // Thread-safe.
 #pragma once

@@ -5,15 +5,18 @@
 
 namespace kcopyfs {
 
-std::vector<ExceptionTable::Run>::const_iterator ExceptionTable::find_in(const std::vector<Run>& v, uint64_t old) {
-  auto it = std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
+std::vector<ExceptionTable::Run>::const_iterator ExceptionTable::find_in(const std::vector<Run>& v,
+                                                                         uint64_t old) {
+  auto it =
+      std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
   if (it == v.begin()) return v.end();
   --it;
   return it->contains(old) ? it : v.end();
 }
 
 std::vector<ExceptionTable::Run>::iterator ExceptionTable::find_in(std::vector<Run>& v, uint64_t old) {
-  auto it = std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
+  auto it =
+      std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
   if (it == v.begin()) return v.end();
   --it;
   return it->contains(old) ? it : v.end();
@@ -30,7 +33,8 @@ std::optional<ChunkIndex> ExceptionTable::lookup(ChunkIndex old) const {
 }
 
 bool ExceptionTable::try_extend(std::vector<Run>& v, uint64_t old, uint64_t new_chunk) {
-  auto next = std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
+  auto next =
+      std::upper_bound(v.begin(), v.end(), old, [](uint64_t o, const Run& r) { return o < r.old_start; });
   if (next != v.begin()) {
     Run& prev = *std::prev(next);
     const uint64_t n = prev.count();
@@ -57,7 +61,8 @@ void ExceptionTable::insert(ChunkIndex old, ChunkIndex new_chunk) {
   const uint64_t o = old.value(), n = new_chunk.value();
   ++size_;
   if (try_extend(main_, o, n) || try_extend(delta_, o, n)) return;
-  auto pos = std::upper_bound(delta_.begin(), delta_.end(), o, [](uint64_t x, const Run& r) { return x < r.old_start; });
+  auto pos = std::upper_bound(delta_.begin(), delta_.end(), o,
+                              [](uint64_t x, const Run& r) { return x < r.old_start; });
   delta_.insert(pos, Run::make(o, n, 1));
   if (delta_.size() > delta_limit()) merge_delta();
 }
@@ -74,7 +79,8 @@ void ExceptionTable::merge_delta() {
     if (!packed.empty()) {
       Run& last = packed.back();
       const uint64_t n = last.count();
-      if (last.old_start + n == r.old_start && last.new_start() + n == r.new_start() && n + r.count() <= kMaxRun) {
+      if (last.old_start + n == r.old_start && last.new_start() + n == r.new_start() &&
+          n + r.count() <= kMaxRun) {
         last = Run::make(last.old_start, last.new_start(), n + r.count());
         continue;
       }

@@ -1,11 +1,12 @@
 // ExceptionTable: a snapshot's completed exceptions in memory (old origin chunk -> new COW chunk).
 //
-// Design. Exceptions are packed into runs, as the kernel does in memory (kernel-dm-notes.md §2.3): one 16-byte
-// Run covers up to 256 chunks that are consecutive on both the origin and the COW device, which is what a large
-// write or a sequential fill produces. Runs are kept in a sorted vector (binary search, no per-entry heap node),
-// plus a small sorted delta vector that takes new runs cheaply and is merged into the main vector when it grows
-// past a bound that scales with sqrt(size). So memory stays at or below 16 bytes per exception, a lookup is two
-// binary searches, and each snapshot has its own table: the cost does not depend on how many snapshots exist.
+// Design. Exceptions are packed into runs, as the kernel does in memory (kernel-dm-notes.md §2.3): one
+// 16-byte Run covers up to 256 chunks that are consecutive on both the origin and the COW device, which is
+// what a large write or a sequential fill produces. Runs are kept in a sorted vector (binary search, no
+// per-entry heap node), plus a small sorted delta vector that takes new runs cheaply and is merged into the
+// main vector when it grows past a bound that scales with sqrt(size). So memory stays at or below 16 bytes
+// per exception, a lookup is two binary searches, and each snapshot has its own table: the cost does not
+// depend on how many snapshots exist.
 //
 // Not thread-safe: the owning snapshot guards it (readers shared, writers exclusive).
 #pragma once
@@ -27,7 +28,8 @@ class ExceptionTable {
   std::optional<ChunkIndex> lookup(ChunkIndex old) const;
   // Precondition: old has no exception yet.
   void insert(ChunkIndex old, ChunkIndex new_chunk);
-  // Loads many exceptions at once (a store being opened). Precondition: no old chunk repeats, here or in the table.
+  // Loads many exceptions at once (a store being opened). Precondition: no old chunk repeats, here or in the
+  // table.
   void insert_bulk(std::span<const Exception> exceptions);
   // Removes old's exception (a merge step). Result: false when old had none.
   bool remove(ChunkIndex old);

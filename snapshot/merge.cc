@@ -1,9 +1,10 @@
-// Origin's snapshot-merge (kernel-dm-notes.md §2.9): rolls the origin back to a snapshot while the origin view
-// stays usable.
+// Origin's snapshot-merge (kernel-dm-notes.md §2.9): rolls the origin back to a snapshot while the origin
+// view stays usable.
 //
 // While a merge runs, the origin view is served as the snapshot would be: chunks the snapshot still holds an
-// exception for are read from, and written to, its COW store; the rest go to the origin device (writes through
-// the usual copy-on-write into the other snapshots). The merge thread repeats one step until the store is empty:
+// exception for are read from, and written to, its COW store; the rest go to the origin device (writes
+// through the usual copy-on-write into the other snapshots). The merge thread repeats one step until the
+// store is empty:
 //   1. the store names its newest run of exceptions (consecutive in old and new chunks, within one area);
 //   2. the other snapshots copy those origin chunks first (they must keep their own content);
 //   3. new writes to the run are held and writes in flight to it drain;
@@ -25,10 +26,13 @@ Status Origin::start_merge(const std::string& name, std::function<void(Status)> 
     if (p->name() == name) s = p.get();
   }
   if (s == nullptr) return Error::invalid("no snapshot " + name);
-  if (merging_ != nullptr) return Error::invalid("snapshot " + merging_->name() + " is already merging into this origin");
-  if (s->store_->type_letter() != 'P') return Error::invalid("snapshot " + name + " is transient and cannot be merged");
+  if (merging_ != nullptr)
+    return Error::invalid("snapshot " + merging_->name() + " is already merging into this origin");
+  if (s->store_->type_letter() != 'P')
+    return Error::invalid("snapshot " + name + " is transient and cannot be merged");
   if (!s->valid_) return Error::invalid("snapshot " + name + " is invalid and cannot be merged");
-  // Writes in flight were issued against the un-merged origin; let them finish before reads and writes reroute.
+  // Writes in flight were issued against the un-merged origin; let them finish before reads and writes
+  // reroute.
   holding_writes_ = true;
   changed_.wait(lock, [&] { return writes_in_flight_ == 0; });
   holding_writes_ = false;
@@ -123,7 +127,9 @@ Status Origin::merge_step(Snapshot& s, const Exception& last, unsigned n) {
   const Sector count = min(Sector(uint64_t{n} << g.shift()), device_->size_in_sectors() - start);
 
   // 2. The other snapshots keep their copy of the origin chunks about to be overwritten.
-  std::promise<void> protected_promise;
+  // Promises are shared with the callbacks: the other thread may still be inside set_value() when get()
+  // returns.
+  auto protected_promise = std::make_shared<std::promise<void>>();
   Actions after;
   bool waiting;
   {
@@ -131,10 +137,11 @@ Status Origin::merge_step(Snapshot& s, const Exception& last, unsigned n) {
     // 3. From here on, new writes to the run wait for the step.
     merge_first_ = old_first.value();
     merge_end_ = old_first.value() + n;
-    waiting = protect_range_locked(start, start + count - Sector(1), [&] { protected_promise.set_value(); }, after);
+    waiting = protect_range_locked(
+        start, start + count - Sector(1), [protected_promise] { protected_promise->set_value(); }, after);
   }
   run(after);
-  if (waiting) protected_promise.get_future().wait();
+  if (waiting) protected_promise->get_future().wait();
   {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] {
@@ -146,23 +153,26 @@ Status Origin::merge_step(Snapshot& s, const Exception& last, unsigned n) {
   }
 
   // 4. Copy back and make it durable on the origin.
-  std::promise<bool> copied;
+  auto copied = std::make_shared<std::promise<bool>>();
   Region from{s.cow_.get(), g.start_of(new_first), count};
   Region to{device_.get(), start, count};
-  auto st = kcopyd_->copy(from, std::span(&to, 1), CopyFlags{},
-                          [&](bool read_error, uint32_t write_errors) { copied.set_value(!read_error && !write_errors); });
+  auto st = kcopyd_->copy(
+      from, std::span(&to, 1), CopyFlags{},
+      [copied](bool read_error, uint32_t write_errors) { copied->set_value(!read_error && !write_errors); });
   Status result;
   if (!st) {
     result = st;
-  } else if (!copied.get_future().get()) {
-    result = Error::from_errno(EIO, "merge of " + s.name() + ": copying chunks back to " + device_->path() + " failed");
+  } else if (!copied->get_future().get()) {
+    result = Error::from_errno(
+        EIO, "merge of " + s.name() + ": copying chunks back to " + device_->path() + " failed");
   } else if (auto ec = flush_sync(*device_)) {
-    result = Error::from_errno(ec.value(), "merge of " + s.name() + ": flush after merge failed on " + device_->path());
+    result = Error::from_errno(ec.value(),
+                               "merge of " + s.name() + ": flush after merge failed on " + device_->path());
   } else {
     // 5. Forget the run durably, then in memory.
-    std::promise<bool> committed;
-    s.store_->commit_merge(n, [&](bool ok) { committed.set_value(ok); });
-    if (!committed.get_future().get())
+    auto committed = std::make_shared<std::promise<bool>>();
+    s.store_->commit_merge(n, [committed](bool ok) { committed->set_value(ok); });
+    if (!committed->get_future().get())
       result = Error::from_errno(EIO, "merge of " + s.name() + ": clearing merged records failed");
   }
   Actions released;
@@ -203,7 +213,8 @@ void Origin::write_during_merge_locked(const std::shared_ptr<Write>& w, Actions&
     auto cow = m.table_.lookup(ChunkIndex(c));
     const uint64_t dev = cow ? cow->value() * chunk_bytes + pos % chunk_bytes : pos;
     Piece* lastp = pieces.empty() ? nullptr : &pieces.back();
-    if (lastp && lastp->to_cow == cow.has_value() && lastp->device_offset + (lastp->end - lastp->begin) == dev) {
+    if (lastp && lastp->to_cow == cow.has_value() &&
+        lastp->device_offset + (lastp->end - lastp->begin) == dev) {
       lastp->end = piece_end;
     } else {
       pieces.push_back(Piece{cow.has_value(), dev, pos, piece_end, {}});
@@ -239,7 +250,8 @@ void Origin::write_during_merge_locked(const std::shared_ptr<Write>& w, Actions&
       ++writes_in_flight_;
       const Sector first = to_sectors(Bytes(p.begin));
       const Sector last = to_sectors(Bytes(p.end)) - Sector(1);
-      if (!protect_range_locked(first, last, [this, sub] { issue_device_write(sub); }, after))
+      if (!protect_range_locked(
+              first, last, [this, sub] { issue_device_write(sub); }, after))
         after.push_back([this, sub] { issue_device_write(sub); });
     }
   }
@@ -268,7 +280,8 @@ void Origin::read_during_merge(Bytes offset, std::span<std::byte> buffer, IoCall
         auto cow = m->table_.lookup(ChunkIndex(c));
         const uint64_t dev = cow ? cow->value() * chunk_bytes + pos % chunk_bytes : pos;
         Piece* lastp = pieces.empty() ? nullptr : &pieces.back();
-        if (lastp && lastp->from_cow == cow.has_value() && lastp->device_offset + (lastp->end - lastp->begin) == dev)
+        if (lastp && lastp->from_cow == cow.has_value() &&
+            lastp->device_offset + (lastp->end - lastp->begin) == dev)
           lastp->end = piece_end;
         else
           pieces.push_back(Piece{cow.has_value(), dev, pos, piece_end});

@@ -40,7 +40,8 @@ void Origin::run(Actions& after) {
 
 void Origin::fail_async(IoCallback done, int error) {
   auto ring = IoRing::shared();
-  ring.value()->defer([done = std::move(done), error] { done(std::error_code(error, std::generic_category())); });
+  ring.value()->defer(
+      [done = std::move(done), error] { done(std::error_code(error, std::generic_category())); });
 }
 
 Result<Snapshot*> Origin::create_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow,
@@ -59,21 +60,23 @@ Result<Snapshot*> Origin::create_snapshot(const std::string& name, std::unique_p
     if (!s) return s.error();
     store = std::move(s).value();
   }
-  return add_snapshot(std::unique_ptr<Snapshot>(new Snapshot(*this, name, std::move(cow), std::move(store),
-                                                             options.writable)));
+  return add_snapshot(std::unique_ptr<Snapshot>(
+      new Snapshot(*this, name, std::move(cow), std::move(store), options.writable)));
 }
 
-Result<Snapshot*> Origin::attach_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow, bool writable) {
+Result<Snapshot*> Origin::attach_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow,
+                                          bool writable) {
   if (find_snapshot(name) != nullptr) return Error::invalid("snapshot " + name + " exists already");
   std::vector<Exception> exceptions;
   auto store = PersistentStore::open(*cow, device_->size_in_sectors(),
                                      [&](const Exception& e) { exceptions.push_back(e); });
   if (!store) return store.error();
-  const std::string rule = check_chunk_size(store.value()->chunk_size(), device_->logical_block_size(),
-                                            cow->logical_block_size());
+  const std::string rule =
+      check_chunk_size(store.value()->chunk_size(), device_->logical_block_size(), cow->logical_block_size());
   if (!rule.empty()) return Error::invalid("COW " + cow->path() + ": " + rule);
   const bool valid = store.value()->valid();
-  std::unique_ptr<Snapshot> snap(new Snapshot(*this, name, std::move(cow), std::move(store).value(), writable));
+  std::unique_ptr<Snapshot> snap(
+      new Snapshot(*this, name, std::move(cow), std::move(store).value(), writable));
   snap->table_.insert_bulk(exceptions);
   snap->valid_ = valid;
   return add_snapshot(std::move(snap));
@@ -106,7 +109,8 @@ Status Origin::remove_snapshot(const std::string& name) {
   std::unique_ptr<Snapshot> doomed;
   {
     std::unique_lock lock(mutex_);
-    auto it = std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& s) { return s->name() == name; });
+    auto it =
+        std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& s) { return s->name() == name; });
     if (it == snapshots_.end()) return Error::invalid("no snapshot " + name);
     if (it->get() == merging_) return Error::invalid("snapshot " + name + " is merging");
     holding_writes_ = true;
@@ -139,7 +143,8 @@ std::vector<Snapshot*> Origin::snapshots() const {
 }
 
 void Origin::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) {
-  if (merge_active_.load(std::memory_order_acquire)) return read_during_merge(offset, buffer, std::move(done));
+  if (merge_active_.load(std::memory_order_acquire))
+    return read_during_merge(offset, buffer, std::move(done));
   device_->read(offset, buffer, std::move(done), fixed);
 }
 
@@ -172,7 +177,8 @@ void Origin::write(Bytes offset, std::span<const std::byte> buffer, IoCallback d
       ++writes_in_flight_;
       const Sector first = to_sectors(offset);
       const Sector last = first + to_sectors(Bytes(buffer.size())) - Sector(1);
-      if (buffer.empty() || !protect_range_locked(first, last, [this, w] { issue_device_write(w); }, after))
+      if (buffer.empty() || !protect_range_locked(
+                                first, last, [this, w] { issue_device_write(w); }, after))
         after.push_back([this, w] { issue_device_write(w); });
     }
   }
@@ -237,7 +243,8 @@ void Origin::start_copies_locked(std::vector<PendingException*>& fresh, Actions&
   for (auto& [size, by_old] : by_size) {
     const ChunkGeometry g{Sector(size)};
     size_t slices = 0;
-    for (auto& [old, pes] : by_old) slices = std::max(slices, (pes.size() + kMaxDestinations - 1) / kMaxDestinations);
+    for (auto& [old, pes] : by_old)
+      slices = std::max(slices, (pes.size() + kMaxDestinations - 1) / kMaxDestinations);
     for (size_t slice = 0; slice < slices; ++slice) {
       std::vector<Job> jobs;
       for (auto& [old, pes] : by_old) {
@@ -252,7 +259,8 @@ void Origin::start_copies_locked(std::vector<PendingException*>& fresh, Actions&
             for (size_t d = 0; d < j.per_dest.size() && lines_up; ++d) {
               const PendingException* head = j.per_dest[d].front();
               const PendingException* pe = pes[begin + d];
-              lines_up = pe->snapshot == head->snapshot && pe->new_chunk.value() == head->new_chunk.value() + j.chunks;
+              lines_up = pe->snapshot == head->snapshot &&
+                         pe->new_chunk.value() == head->new_chunk.value() + j.chunks;
             }
             if (lines_up) {
               for (size_t d = 0; d < j.per_dest.size(); ++d) j.per_dest[d].push_back(pes[begin + d]);
@@ -311,8 +319,8 @@ void Origin::copy_finished(std::vector<PendingException*> pes, bool ok) {
   run(after);
 }
 
-// Commits go to the store in allocation order, as the kernel forces (§2.4): a chunk allocated later must never
-// be recorded before an earlier one, or a crash could lose track of allocated space.
+// Commits go to the store in allocation order, as the kernel forces (§2.4): a chunk allocated later must
+// never be recorded before an earlier one, or a crash could lose track of allocated space.
 void Origin::commit_in_order_locked(Snapshot& s, Actions& after) {
   for (;;) {
     auto it = s.copied_.find(s.next_commit_);
@@ -335,8 +343,8 @@ void Origin::commit_finished(PendingException* pe, bool valid) {
     std::lock_guard lock(mutex_);
     Snapshot& s = *pe->snapshot;
     if (valid && s.valid_) {
-      // From now on reads of the chunk go to the COW store; reads already sent to the origin must finish before
-      // the origin write that waits on this exception may overwrite the chunk.
+      // From now on reads of the chunk go to the COW store; reads already sent to the origin must finish
+      // before the origin write that waits on this exception may overwrite the chunk.
       s.table_.insert(pe->old_chunk, pe->new_chunk);
       auto tracked = s.tracked_reads_.find(pe->old_chunk.value());
       if (tracked != s.tracked_reads_.end() && tracked->second > 0) {

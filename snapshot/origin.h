@@ -1,19 +1,19 @@
 // Origin: the snapshot-origin target (kernel-dm-notes.md §2.2, §2.4) as a BlockDevice, and the owner of its
 // snapshots.
 //
-// Reads pass through to the device. A write first makes sure every active snapshot holds the old data of every
-// chunk it touches: chunks without an exception get a PendingException in each snapshot that lacks one; the old
-// data is copied by kcopyd with one job per run of adjacent chunks, reading the origin once and writing every
-// snapshot's COW store that needs it (the kernel copies once per snapshot); the exceptions are committed; only
-// then is the write issued to the device, as one I/O. Concurrent writes to a chunk wait on its one pending
-// exception; writes to other chunks proceed in parallel. (The kernel splits writes at the smallest chunk size so
-// that each bio waits on one chunk per snapshot; waiting on every chunk of the write gives the same guarantee
-// with one device write.)
+// Reads pass through to the device. A write first makes sure every active snapshot holds the old data of
+// every chunk it touches: chunks without an exception get a PendingException in each snapshot that lacks one;
+// the old data is copied by kcopyd with one job per run of adjacent chunks, reading the origin once and
+// writing every snapshot's COW store that needs it (the kernel copies once per snapshot); the exceptions are
+// committed; only then is the write issued to the device, as one I/O. Concurrent writes to a chunk wait on
+// its one pending exception; writes to other chunks proceed in parallel. (The kernel splits writes at the
+// smallest chunk size so that each bio waits on one chunk per snapshot; waiting on every chunk of the write
+// gives the same guarantee with one device write.)
 //
 // Snapshot creation is atomic with respect to origin writes: new writes are held and in-flight ones drained
-// before the snapshot joins, so a write acknowledged before creation is in the snapshot and one issued after it
-// is not. A snapshot whose COW store fills on an origin write is invalidated; the origin write proceeds and
-// other snapshots are unaffected.
+// before the snapshot joins, so a write acknowledged before creation is in the snapshot and one issued after
+// it is not. A snapshot whose COW store fills on an origin write is invalidated; the origin write proceeds
+// and other snapshots are unaffected.
 //
 // Thread-safety: every method may be called from any thread. One mutex guards the snapshot list and all
 // snapshots' exception state; it is held only for bookkeeping, never across I/O or callbacks.
@@ -54,8 +54,8 @@ class Origin final : public BlockDevice {
   // device too small. Atomic with respect to origin writes (see above). The snapshot lives until removed.
   Result<Snapshot*> create_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow,
                                     const SnapshotOptions& options);
-  // Adopts the persistent store on cow (made by kcopyfs or the kernel). Errors: a name in use, a damaged store
-  // (nothing is written to it). A store marked invalid attaches, as invalid.
+  // Adopts the persistent store on cow (made by kcopyfs or the kernel). Errors: a name in use, a damaged
+  // store (nothing is written to it). A store marked invalid attaches, as invalid.
   Result<Snapshot*> attach_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow, bool writable);
   // Precondition: no I/O in flight on the snapshot. Waits for its pending exceptions, then drops it (its COW
   // device is closed, not erased).
@@ -65,9 +65,9 @@ class Origin final : public BlockDevice {
   // this call on the origin view shows the snapshot's content and stays usable; the snapshot's own view fails
   // with EIO. The merge runs in the background, newest exceptions first, one durable step per run of chunks;
   // when it is done the snapshot is removed and on_done runs with success, or with the error that stopped it
-  // (then the snapshot's status is "Merge failed"). An interrupted merge (unmount, crash) resumes by attaching
-  // the snapshot and calling start_merge again. Errors: no such snapshot, a transient or invalid one, another
-  // merge running.
+  // (then the snapshot's status is "Merge failed"). An interrupted merge (unmount, crash) resumes by
+  // attaching the snapshot and calling start_merge again. Errors: no such snapshot, a transient or invalid
+  // one, another merge running.
   Status start_merge(const std::string& name, std::function<void(Status)> on_done);
   struct MergeProgress {
     std::string snapshot;  // empty when no merge runs
@@ -87,7 +87,8 @@ class Origin final : public BlockDevice {
   uint32_t memory_alignment() const override { return device_->memory_alignment(); }
   bool read_only() const override { return device_->read_only(); }
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
-  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
+  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+             FixedBuffer fixed = {}) override;
   void flush(IoCallback done) override;
   void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override;
 
@@ -106,8 +107,8 @@ class Origin final : public BlockDevice {
   Result<Snapshot*> add_snapshot(std::unique_ptr<Snapshot> snapshot);
 
   // Mutex held for all *_locked. `after` collects what must run once the mutex is released.
-  // Makes every active snapshot but the merging one hold the old data of sectors [first, last], then runs ready
-  // (without the mutex). Result: false when nothing needed copying (ready is not called).
+  // Makes every active snapshot but the merging one hold the old data of sectors [first, last], then runs
+  // ready (without the mutex). Result: false when nothing needed copying (ready is not called).
   bool protect_range_locked(Sector first, Sector last, std::function<void()> ready, Actions& after);
   void write_during_merge_locked(const std::shared_ptr<Write>& w, Actions& after);
   void start_copies_locked(std::vector<PendingException*>& fresh, Actions& after);
@@ -139,9 +140,9 @@ class Origin final : public BlockDevice {
   Actions held_writes_;
   // Merge state (merge.cc), guarded by mutex_.
   Snapshot* merging_ = nullptr;
-  std::atomic<bool> merge_active_{false};  // merging_ != nullptr, readable without the mutex
+  std::atomic<bool> merge_active_{false};     // merging_ != nullptr, readable without the mutex
   uint64_t merge_first_ = 0, merge_end_ = 0;  // old chunks [first, end) of the step being copied back
-  Actions held_for_merge_;                     // writes to those chunks, run again when the step ends
+  Actions held_for_merge_;                    // writes to those chunks, run again when the step ends
   std::unordered_map<uint64_t, unsigned> merge_cow_writes_;  // chunk -> writes in flight to the merging COW
   uint64_t merge_total_ = 0;
   bool merge_stop_ = false;

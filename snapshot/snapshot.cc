@@ -129,21 +129,23 @@ void Snapshot::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, 
     if (p.from_cow) {
       cow_->read(p.device_offset, span, [fan](std::error_code ec) { fan->arrive(ec); });
     } else {
-      origin_.device_->read(p.device_offset, span, [this, fan, tracked = std::move(p.tracked)](std::error_code ec) {
-        std::vector<std::function<void()>> after;
-        {
-          std::lock_guard lock(origin_.mutex_);
-          for (uint64_t c : tracked) untrack_read_locked(ChunkIndex(c), after);
-        }
-        for (auto& a : after) a();
-        fan->arrive(ec);
-      });
+      origin_.device_->read(p.device_offset, span,
+                            [this, fan, tracked = std::move(p.tracked)](std::error_code ec) {
+                              std::vector<std::function<void()>> after;
+                              {
+                                std::lock_guard lock(origin_.mutex_);
+                                for (uint64_t c : tracked) untrack_read_locked(ChunkIndex(c), after);
+                              }
+                              for (auto& a : after) a();
+                              fan->arrive(ec);
+                            });
     }
   }
   fan->arrive({});
 }
 
-void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer /*fixed*/) {
+void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+                     FixedBuffer /*fixed*/) {
   if (!writable_) return origin_.fail_async(std::move(done), EROFS);
   if (offset.value() > size().value() || buffer.size() > size().value() - offset.value())
     return origin_.fail_async(std::move(done), EINVAL);
@@ -183,9 +185,8 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
           fresh_pe->copy_started = true;
           fresh_pe->waiters.push_back([fan](bool ok) { fan->arrive(ok ? std::error_code() : eio()); });
           after.push_back([this, fresh_pe, data, chunk_bytes] {
-            cow_->write(Bytes(fresh_pe->new_chunk.value() * chunk_bytes), data, [this, fresh_pe](std::error_code ec) {
-              origin_.copy_finished({fresh_pe}, !ec);
-            });
+            cow_->write(Bytes(fresh_pe->new_chunk.value() * chunk_bytes), data,
+                        [this, fresh_pe](std::error_code ec) { origin_.copy_finished({fresh_pe}, !ec); });
           });
         } else {
           fresh_pe->waiters.push_back([write_piece, fan, pe_new = fresh_pe->new_chunk](bool ok) {
@@ -197,8 +198,8 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
           fresh.push_back(fresh_pe);
         }
       } else {
-        // The COW store is full on a snapshot write: the kernel's PO store reports Overflow and fails the write;
-        // reads keep working.
+        // The COW store is full on a snapshot write: the kernel's PO store reports Overflow and fails the
+        // write; reads keep working.
         overflow_ = true;
         fan->arrive(eio());  // the reference this piece took; the request cannot complete before ours
         break;

@@ -1,17 +1,18 @@
-// Snapshot: a point-in-time view of an Origin (kernel-dm-notes.md §2.5), as a BlockDevice of the origin's size.
+// Snapshot: a point-in-time view of an Origin (kernel-dm-notes.md §2.5), as a BlockDevice of the origin's
+// size.
 //
-// Reads of chunks that have an exception come from the COW store; the rest from the origin. A read sent to the
-// origin is tracked until it completes, and an exception for that chunk does not complete (so the origin write
-// that triggered it does not proceed) while such a read is in flight: a read racing the copy returns the old
-// data. Writable snapshots write to the COW store, copying the chunk from the origin first unless the write
-// covers the whole chunk.
+// Reads of chunks that have an exception come from the COW store; the rest from the origin. A read sent to
+// the origin is tracked until it completes, and an exception for that chunk does not complete (so the origin
+// write that triggered it does not proceed) while such a read is in flight: a read racing the copy returns
+// the old data. Writable snapshots write to the COW store, copying the chunk from the origin first unless the
+// write covers the whole chunk.
 //
-// States (status strings as the kernel's, §2.1): active; invalid (a failed copy or commit, or the COW store full
-// on an origin write; persisted in the header; every read and write fails with EIO); overflow (the COW store full
-// on a snapshot write: that write fails, reads keep working, not persisted).
+// States (status strings as the kernel's, §2.1): active; invalid (a failed copy or commit, or the COW store
+// full on an origin write; persisted in the header; every read and write fails with EIO); overflow (the COW
+// store full on a snapshot write: that write fails, reads keep working, not persisted).
 //
-// Created and owned by the Origin (Origin::create_snapshot / attach_snapshot); all mutable state is guarded by
-// the origin's mutex.
+// Created and owned by the Origin (Origin::create_snapshot / attach_snapshot); all mutable state is guarded
+// by the origin's mutex.
 #pragma once
 
 #include <memory>
@@ -37,7 +38,8 @@ struct SnapshotStatus {
   Sector chunk_size;
   StoreUsage usage;
   uint64_t exceptions = 0;
-  // The kernel's status INFO field: "Invalid", "Merge failed", "Overflow" or "<allocated>/<total> <metadata>".
+  // The kernel's status INFO field: "Invalid", "Merge failed", "Overflow" or "<allocated>/<total>
+  // <metadata>".
   std::string kernel_status() const;
 };
 
@@ -54,15 +56,16 @@ class Snapshot final : public BlockDevice {
   uint32_t logical_block_size() const override;
   bool read_only() const override { return !writable_; }
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
-  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
+  void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
+             FixedBuffer fixed = {}) override;
   // Makes completed writes to the snapshot durable (the COW device).
   void flush(IoCallback done) override;
   void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override;
 
  private:
   friend class Origin;
-  Snapshot(Origin& origin, std::string name, std::unique_ptr<BlockDevice> cow, std::unique_ptr<ExceptionStore> store,
-           bool writable);
+  Snapshot(Origin& origin, std::string name, std::unique_ptr<BlockDevice> cow,
+           std::unique_ptr<ExceptionStore> store, bool writable);
 
   // All below: the origin's mutex held.
   bool active_locked() const { return valid_; }
@@ -86,10 +89,10 @@ class Snapshot final : public BlockDevice {
   bool merge_failed_ = false;
   ExceptionTable table_;
   std::unordered_map<uint64_t, std::unique_ptr<PendingException>> pending_;  // by old chunk
-  uint64_t next_sequence_ = 0;       // the next allocation's sequence
-  uint64_t next_commit_ = 0;         // the sequence whose commit goes next
+  uint64_t next_sequence_ = 0;                                               // the next allocation's sequence
+  uint64_t next_commit_ = 0;                                // the sequence whose commit goes next
   std::unordered_map<uint64_t, PendingException*> copied_;  // copy done, waiting for its turn to commit
-  std::unordered_map<uint64_t, unsigned> tracked_reads_;   // chunk -> reads in flight on the origin
+  std::unordered_map<uint64_t, unsigned> tracked_reads_;    // chunk -> reads in flight on the origin
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> read_drain_waiters_;
 };
 

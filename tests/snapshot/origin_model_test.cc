@@ -130,15 +130,17 @@ class OriginModel {
       for (auto& [o, l] : ranges) overlaps |= r.first < o + l && o < r.first + r.second;
       if (!overlaps) ranges.push_back(r);
     }
-    BlockDevice* view = target < 0 ? static_cast<BlockDevice*>(origin_.get()) : origin_->find_snapshot(snaps_[target].name);
+    BlockDevice* view =
+        target < 0 ? static_cast<BlockDevice*>(origin_.get()) : origin_->find_snapshot(snaps_[target].name);
     std::vector<std::vector<std::byte>> data;
-    std::vector<std::promise<std::error_code>> done(ranges.size());
+    auto done = std::make_shared<std::vector<std::promise<std::error_code>>>(ranges.size());
     for (size_t i = 0; i < ranges.size(); ++i) data.push_back(test::pattern(rng_(), 0, ranges[i].second));
     for (size_t i = 0; i < ranges.size(); ++i) {
-      view->write(Bytes(ranges[i].first), data[i], [&done, i](std::error_code ec) { done[i].set_value(ec); });
+      view->write(Bytes(ranges[i].first), data[i],
+                  [done, i](std::error_code ec) { (*done)[i].set_value(ec); });
     }
     for (size_t i = 0; i < ranges.size(); ++i) {
-      auto f = done[i].get_future();
+      auto f = (*done)[i].get_future();
       ASSERT_EQ(f.wait_for(std::chrono::seconds(60)), std::future_status::ready);
       ASSERT_FALSE(f.get()) << "write " << i;
       std::vector<std::byte>& image = target < 0 ? model_ : snaps_[target].image;
@@ -148,12 +150,14 @@ class OriginModel {
 
   void check_read(int target) {
     auto [off, len] = random_range();
-    BlockDevice* view = target < 0 ? static_cast<BlockDevice*>(origin_.get()) : origin_->find_snapshot(snaps_[target].name);
+    BlockDevice* view =
+        target < 0 ? static_cast<BlockDevice*>(origin_.get()) : origin_->find_snapshot(snaps_[target].name);
     std::vector<std::byte> got(len);
     ASSERT_FALSE(read_sync(*view, Bytes(off), got));
     const std::vector<std::byte>& image = target < 0 ? model_ : snaps_[target].image;
     ASSERT_TRUE(std::equal(got.begin(), got.end(), image.begin() + static_cast<long>(off)))
-        << (target < 0 ? "origin" : snaps_[target].name) << " differs in [" << off << ", " << off + len << ")";
+        << (target < 0 ? "origin" : snaps_[target].name) << " differs in [" << off << ", " << off + len
+        << ")";
   }
 
   void check_everything() {
@@ -194,8 +198,8 @@ class OriginModel {
     }
     ASSERT_NO_FATAL_FAILURE(check_everything());
     ASSERT_NO_FATAL_FAILURE(reap_merge(true));
-    std::printf("  merges: %d started, %d resumed after reopen, %d completed\n", merges_started_, merges_resumed_,
-                merges_done_);
+    std::printf("  merges: %d started, %d resumed after reopen, %d completed\n", merges_started_,
+                merges_resumed_, merges_done_);
     ASSERT_NO_FATAL_FAILURE(check_everything());
     ASSERT_NO_FATAL_FAILURE(reopen());
     ASSERT_NO_FATAL_FAILURE(check_everything());
@@ -221,8 +225,8 @@ std::vector<uint64_t> seeds() {
 
 TEST(OriginModel, RandomOperationsMatchModel) {
   for (uint64_t seed : seeds()) {
-    std::printf("origin model seed %llu (rerun with KCOPYFS_SEED=%llu)\n", static_cast<unsigned long long>(seed),
-                static_cast<unsigned long long>(seed));
+    std::printf("origin model seed %llu (rerun with KCOPYFS_SEED=%llu)\n",
+                static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
     SCOPED_TRACE("seed " + std::to_string(seed));
     TempDir dir;
     OriginModel model(dir, seed);

@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 TempDir::TempDir() {
   const char* env = std::getenv("TMPDIR");
   std::string tmpl = std::string(env != nullptr ? env : "/var/tmp") + "/kcopyfs-test.XXXXXX";
-  if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed: " + std::string(std::strerror(errno)));
+  if (::mkdtemp(tmpl.data()) == nullptr)
+    throw std::runtime_error("mkdtemp failed: " + std::string(std::strerror(errno)));
   path_ = tmpl;
 }
 
@@ -56,7 +57,8 @@ void write_pattern_file(const std::string& path, uint64_t size, uint64_t seed) {
   if (!fd.valid()) throw std::runtime_error("open " + path + ": " + std::strerror(errno));
   fd.reset();
   constexpr uint64_t kPiece = 4 << 20;
-  for (uint64_t off = 0; off < size; off += kPiece) write_file(path, off, pattern(seed, off, std::min(kPiece, size - off)));
+  for (uint64_t off = 0; off < size; off += kPiece)
+    write_file(path, off, pattern(seed, off, std::min(kPiece, size - off)));
 }
 
 void make_sparse_file(const std::string& path, uint64_t size) {
@@ -82,7 +84,8 @@ std::vector<std::byte> read_file(const std::string& path, uint64_t offset, uint6
 
 LoopDevice::LoopDevice(const std::string& backing_file, unsigned block_size) {
   UniqueFd control(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
-  if (!control.valid()) throw std::runtime_error(std::string("open /dev/loop-control: ") + std::strerror(errno));
+  if (!control.valid())
+    throw std::runtime_error(std::string("open /dev/loop-control: ") + std::strerror(errno));
   UniqueFd backing(::open(backing_file.c_str(), O_RDWR | O_CLOEXEC));
   if (!backing.valid()) throw std::runtime_error("open " + backing_file + ": " + std::strerror(errno));
   for (int attempt = 0; attempt < 16; ++attempt) {

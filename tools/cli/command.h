@@ -1,6 +1,6 @@
 // The verbs of the kcopyfs CLI. Each verb lives in its own file and parses its own options with
-// Boost.Program_options; main.cc only dispatches. A verb returns the process exit code and prints errors as one
-// line "kcopyfs: VERB: what and why" on stderr.
+// Boost.Program_options; main.cc only dispatches. A verb returns the process exit code and prints errors as
+// one line "kcopyfs: VERB: what and why" on stderr.
 #pragma once
 
 #include <string>

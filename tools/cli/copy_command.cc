@@ -3,9 +3,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <boost/program_options.hpp>
 #include <algorithm>
 #include <atomic>
+#include <boost/program_options.hpp>
 #include <cctype>
 #include <condition_variable>
 #include <cstring>
@@ -83,7 +83,9 @@ class ErrorMemo final : public BlockDevice {
   uint32_t logical_block_size() const override { return inner_.logical_block_size(); }
   uint32_t memory_alignment() const override { return inner_.memory_alignment(); }
   bool read_only() const override { return inner_.read_only(); }
-  FileDevice* as_file() override { return &inner_; }  // offload goes direct; a failed piece is redone through here
+  FileDevice* as_file() override {
+    return &inner_;
+  }  // offload goes direct; a failed piece is redone through here
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) override {
     inner_.read(offset, buffer, remember(std::move(done)), fixed);
   }
@@ -111,8 +113,8 @@ struct Destination {
   Endpoint spec;
   std::unique_ptr<FileDevice> device;
   std::unique_ptr<ErrorMemo> memo;  // what kcopyd writes through
-  bool created = false;          // this run created the file
-  std::optional<Bytes> old_size;  // this run extended the file from this size
+  bool created = false;             // this run created the file
+  std::optional<Bytes> old_size;    // this run extended the file from this size
   bool failed = false;
   std::string failure;
 };
@@ -144,7 +146,8 @@ void undo(std::vector<Destination>& dests) {
 // Whether the engine will offload a copy from src to dst (kcopyd.h: both regular files on one filesystem). A
 // destination that does not exist yet will be created as a regular file in its directory.
 bool offload_applies(const std::string& src, const std::string& dst) {
-  struct stat s {}, d {};
+  struct stat s {
+  }, d{};
   if (::stat(src.c_str(), &s) != 0 || !S_ISREG(s.st_mode)) return false;
   if (::stat(dst.c_str(), &d) == 0) return S_ISREG(d.st_mode) && d.st_dev == s.st_dev;
   if (errno != ENOENT) return false;
@@ -168,7 +171,8 @@ int run_copy(const std::vector<std::string>& args) {
   unsigned throttle_percent = 100;
   std::string rate_text;
   visible.add_options()("help,h", "show this help")("progress", "show progress (a bar on a terminal)")(
-      "throttle", po::value<unsigned>(&throttle_percent), "percent of the time the copy may keep I/O in flight (1-100)")(
+      "throttle", po::value<unsigned>(&throttle_percent),
+      "percent of the time the copy may keep I/O in flight (1-100)")(
       "rate", po::value<std::string>(&rate_text), "cap the copy at BYTES_PER_S (K/M/G suffixes allowed)")(
       "sparse", "do not read the source's holes; leave holes (or zeros) at the destinations")(
       "no-offload", "always read and write, never copy_file_range or reflink");
@@ -189,14 +193,17 @@ int run_copy(const std::vector<std::string>& args) {
     std::cout << visible;
     return 0;
   }
-  const auto paths = vm.count("paths") ? vm["paths"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  const auto paths =
+      vm.count("paths") ? vm["paths"].as<std::vector<std::string>>() : std::vector<std::string>{};
   if (paths.size() < 2) return fail(kVerb, "needs a SOURCE and at least one DEST (see kcopyfs copy --help)");
   if (paths.size() > 1 + kMaxDestinations) return fail(kVerb, "at most 8 destinations");
-  if (throttle_percent < 1 || throttle_percent > 100) return fail(kVerb, "--throttle takes a percent from 1 to 100");
+  if (throttle_percent < 1 || throttle_percent > 100)
+    return fail(kVerb, "--throttle takes a percent from 1 to 100");
   uint64_t rate = 0;
   if (!rate_text.empty()) {
     auto r = parse_size(rate_text);
-    if (!r || *r == 0) return fail(kVerb, "--rate takes a positive number of bytes per second, not '" + rate_text + "'");
+    if (!r || *r == 0)
+      return fail(kVerb, "--rate takes a positive number of bytes per second, not '" + rate_text + "'");
     rate = *r;
   }
 
@@ -219,11 +226,12 @@ int run_copy(const std::vector<std::string>& args) {
       return fail(kVerb, e->path + ": offset and length must be multiples of 512");
   }
 
-  // An offloaded copy (one destination, both regular files on one filesystem) runs through copy_file_range. On
-  // O_DIRECT descriptors the kernel splices it in small synchronous direct I/Os, at half the speed of the
+  // An offloaded copy (one destination, both regular files on one filesystem) runs through copy_file_range.
+  // On O_DIRECT descriptors the kernel splices it in small synchronous direct I/Os, at half the speed of the
   // read+write path; through the page cache it reads ahead and writes back in large requests. So such a copy
-  // opens both files buffered, starts write-back of each finished segment at once (writing then overlaps reading
-  // instead of all waiting for the final fdatasync), and drops the pages it brought in (docs/benchmarks.md).
+  // opens both files buffered, starts write-back of each finished segment at once (writing then overlaps
+  // reading instead of all waiting for the final fdatasync), and drops the pages it brought in
+  // (docs/benchmarks.md).
   const bool allow_offload = vm.count("no-offload") == 0;
   const bool page_cache_offload =
       allow_offload && dests.size() == 1 && offload_applies(src_spec.path, dests[0].spec.path);
@@ -235,7 +243,8 @@ int run_copy(const std::vector<std::string>& args) {
   if (!src) return fail(kVerb, src.error().message());
   const uint64_t src_size = src.value()->size().value();
   const uint64_t src_off = src_spec.offset.value_or(0);
-  if (src_off > src_size) return fail(kVerb, src_spec.path + ": offset is beyond its size " + std::to_string(src_size));
+  if (src_off > src_size)
+    return fail(kVerb, src_spec.path + ": offset is beyond its size " + std::to_string(src_size));
   const uint64_t length = src_spec.length.value_or(src_size - src_off);
   if (length > src_size - src_off)
     return fail(kVerb, src_spec.path + ": offset + length is beyond its size " + std::to_string(src_size));
@@ -294,8 +303,8 @@ int run_copy(const std::vector<std::string>& args) {
     if (need > d.device->size().value()) {
       if (d.device->is_block_device()) {
         undo(dests);
-        return fail(kVerb, d.spec.path + " is " + std::to_string(d.device->size().value()) + " bytes; the copy needs " +
-                               std::to_string(need));
+        return fail(kVerb, d.spec.path + " is " + std::to_string(d.device->size().value()) +
+                               " bytes; the copy needs " + std::to_string(need));
       }
       if (!d.created) d.old_size = d.device->size();
       if (auto s = d.device->grow_file(Bytes(need)); !s) {
@@ -306,11 +315,16 @@ int run_copy(const std::vector<std::string>& args) {
   }
 
   KcopydOptions options;
-  options.num_pages = 4096;  // 16 MiB: two segment jobs of 8 sub-jobs of 512 KiB each, with room to spare
+  // 32 MiB: two segment jobs of 16 sub-jobs of 1 MiB each. Against the kernel's 8 x 512 KiB per job this read+write
+  // path gained ~15% on a 1 GiB copy (median of paired runs; docs/benchmarks.md).
+  options.num_pages = 8192;
+  options.sub_job_size = Sector((1u << 20) / kSectorSize);
+  options.max_sub_jobs_in_flight = 16;
   options.allow_offload = allow_offload;
   // Offloaded pieces use no buffer: 2 MiB per copy_file_range call beat 512 KiB by ~15% (docs/benchmarks.md).
   if (page_cache_offload) options.sub_job_size = Sector((2u << 20) / kSectorSize);
-  if (throttle_percent < 100 || rate > 0) options.throttle = std::make_shared<Throttle>(throttle_percent, rate);
+  if (throttle_percent < 100 || rate > 0)
+    options.throttle = std::make_shared<Throttle>(throttle_percent, rate);
   auto client_or = KcopydClient::create(options);
   if (!client_or) {
     undo(dests);
@@ -318,11 +332,11 @@ int run_copy(const std::vector<std::string>& args) {
   }
   auto client = std::move(client_or).value();
 
-  // The copy runs as segment jobs, two in flight, so progress moves and a dead destination can be dropped from
-  // the next segment while the others carry on. Each job keeps going past errors (IGNORE_ERROR) so that one
-  // failing destination never starves the healthy ones of part of a segment.
-  // A page-cache offload starts write-back per finished segment, so its segments are smaller: 16 MiB beat
-  // 64 MiB by 15-35% on 1 GiB copies (docs/benchmarks.md).
+  // The copy runs as segment jobs, two in flight, so progress moves and a dead destination can be dropped
+  // from the next segment while the others carry on. Each job keeps going past errors (IGNORE_ERROR) so that
+  // one failing destination never starves the healthy ones of part of a segment. A page-cache offload starts
+  // write-back per finished segment, so its segments are smaller: 16 MiB beat 64 MiB by 15-35% on 1 GiB
+  // copies (docs/benchmarks.md).
   uint64_t segment = page_cache_offload ? 16ull << 20 : 64ull << 20;
   if (rate > 0) segment = std::clamp<uint64_t>(rate / 2 / kSectorSize * kSectorSize, 1ull << 20, segment);
   CopyFlags flags;
@@ -341,8 +355,8 @@ int run_copy(const std::vector<std::string>& args) {
         std::vector<size_t> which;
         for (size_t i = 0; i < dests.size(); ++i) {
           if (dests[i].failed) continue;
-          regions.push_back(Region{dests[i].memo.get(), to_sectors(Bytes(dests[i].spec.offset.value_or(0) + next)),
-                                   Sector(0)});
+          regions.push_back(Region{dests[i].memo.get(),
+                                   to_sectors(Bytes(dests[i].spec.offset.value_or(0) + next)), Sector(0)});
           which.push_back(i);
         }
         if (regions.empty()) {
@@ -352,27 +366,29 @@ int run_copy(const std::vector<std::string>& args) {
         const uint64_t seg = std::min(segment, length - next);
         const Region from{src.value().get(), to_sectors(Bytes(src_off + next)), to_sectors(Bytes(seg))};
         const uint64_t begin = next;
-        auto st = client->copy(from, regions, flags, [&, which, begin, seg](bool read_error, uint32_t write_errors) {
-          std::lock_guard l(state.mutex);
-          --state.in_flight;
-          state.done_bytes += seg;
-          if (page_cache_offload) state.finished.emplace_back(begin, seg);
-          if (read_error && state.read_failure.empty()) {
-            state.read_failure = src_spec.path + ": read failed within " + range_text(src_off + begin, src_off + begin + seg);
-            state.stop = true;
-          }
-          for (size_t k = 0; k < which.size(); ++k) {
-            Destination& d = dests[which[k]];
-            if ((write_errors & (1u << k)) && !d.failed) {
-              d.failed = true;
-              const uint64_t at = d.spec.offset.value_or(0) + begin;
-              const int err = d.memo->first_error();
-              d.failure = "write failed within " + range_text(at, at + seg) +
-                          (err != 0 ? std::string(": ") + std::strerror(err) : std::string());
-            }
-          }
-          state.changed.notify_all();
-        });
+        auto st = client->copy(
+            from, regions, flags, [&, which, begin, seg](bool read_error, uint32_t write_errors) {
+              std::lock_guard l(state.mutex);
+              --state.in_flight;
+              state.done_bytes += seg;
+              if (page_cache_offload) state.finished.emplace_back(begin, seg);
+              if (read_error && state.read_failure.empty()) {
+                state.read_failure = src_spec.path + ": read failed within " +
+                                     range_text(src_off + begin, src_off + begin + seg);
+                state.stop = true;
+              }
+              for (size_t k = 0; k < which.size(); ++k) {
+                Destination& d = dests[which[k]];
+                if ((write_errors & (1u << k)) && !d.failed) {
+                  d.failed = true;
+                  const uint64_t at = d.spec.offset.value_or(0) + begin;
+                  const int err = d.memo->first_error();
+                  d.failure = "write failed within " + range_text(at, at + seg) +
+                              (err != 0 ? std::string(": ") + std::strerror(err) : std::string());
+                }
+              }
+              state.changed.notify_all();
+            });
         if (!st) {
           state.stop = true;
           state.read_failure = st.error().message();
@@ -413,7 +429,8 @@ int run_copy(const std::vector<std::string>& args) {
     // Leave the page cache as an O_DIRECT copy would, without this copy's pages (all clean after the flush).
     ::posix_fadvise(dests[0].device->fd(), static_cast<off_t>(dests[0].spec.offset.value_or(0)),
                     static_cast<off_t>(length), POSIX_FADV_DONTNEED);
-    ::posix_fadvise(src.value()->fd(), static_cast<off_t>(src_off), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
+    ::posix_fadvise(src.value()->fd(), static_cast<off_t>(src_off), static_cast<off_t>(length),
+                    POSIX_FADV_DONTNEED);
   }
   if (progress) progress->finish(state.done_bytes);
 

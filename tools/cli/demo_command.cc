@@ -29,7 +29,8 @@ bool same_content(const fs::path& a, const fs::path& b) {
   while (fa && fb) {
     fa.read(ba.data(), static_cast<std::streamsize>(ba.size()));
     fb.read(bb.data(), static_cast<std::streamsize>(bb.size()));
-    if (fa.gcount() != fb.gcount() || !std::equal(ba.begin(), ba.begin() + fa.gcount(), bb.begin())) return false;
+    if (fa.gcount() != fb.gcount() || !std::equal(ba.begin(), ba.begin() + fa.gcount(), bb.begin()))
+      return false;
   }
   return fa.eof() && fb.eof();
 }
@@ -52,9 +53,10 @@ struct Cleanup {
 
 int run_demo(const std::vector<std::string>& args) {
   if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
-    std::cout << "Usage: kcopyfs demo [DIR]\n"
-                 "Builds a sample ext4 image in a new directory under DIR (default /tmp), copies it to two\n"
-                 "destinations with one read, checks the copies, shows a sparse copy, and removes all it made.\n";
+    std::cout
+        << "Usage: kcopyfs demo [DIR]\n"
+           "Builds a sample ext4 image in a new directory under DIR (default /tmp), copies it to two\n"
+           "destinations with one read, checks the copies, shows a sparse copy, and removes all it made.\n";
     return 0;
   }
   if (args.size() > 1) return fail(kVerb, "takes at most one DIR");
@@ -63,7 +65,8 @@ int run_demo(const std::vector<std::string>& args) {
   fs::create_directories(base, ec);
   if (ec) return fail(kVerb, "create " + base.string() + ": " + ec.message());
   std::string tmpl = (base / "kcopyfs-demo.XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) return fail(kVerb, "mkdtemp in " + base.string() + ": " + std::strerror(errno));
+  if (::mkdtemp(tmpl.data()) == nullptr)
+    return fail(kVerb, "mkdtemp in " + base.string() + ": " + std::strerror(errno));
   Cleanup cleanup{tmpl};
   const fs::path dir = tmpl;
 
@@ -84,8 +87,10 @@ int run_demo(const std::vector<std::string>& args) {
   const fs::path origin = dir / "volume.img";
   if (run_program({"mkfs.ext4", "-q", "-F", "-d", files.string(), origin.string(), "64M"}, true) != 0)
     return fail(kVerb, "mkfs.ext4 failed (is e2fsprogs installed?)");
-  std::cout << "Made " << origin.filename() << ": a 64 MiB ext4 volume holding hello.txt, docs/notes.txt and 4 MiB "
-            << "of random data (" << format_bytes(static_cast<double>(allocated_bytes(origin))) << " allocated).\n\n";
+  std::cout << "Made " << origin.filename()
+            << ": a 64 MiB ext4 volume holding hello.txt, docs/notes.txt and 4 MiB "
+            << "of random data (" << format_bytes(static_cast<double>(allocated_bytes(origin)))
+            << " allocated).\n\n";
 
   const fs::path copy_a = dir / "copy-a.img", copy_b = dir / "copy-b.img";
   std::cout << "$ kcopyfs copy --progress volume.img copy-a.img copy-b.img\n";
@@ -98,7 +103,8 @@ int run_demo(const std::vector<std::string>& args) {
 
   const fs::path sparse = dir / "sparse.img";
   std::cout << "$ kcopyfs copy --sparse volume.img sparse.img\n";
-  if (run_copy({"--sparse", origin.string(), sparse.string()}) != 0) return fail(kVerb, "the sparse copy failed");
+  if (run_copy({"--sparse", origin.string(), sparse.string()}) != 0)
+    return fail(kVerb, "the sparse copy failed");
   std::cout << "copy-a.img allocates " << format_bytes(static_cast<double>(allocated_bytes(copy_a)))
             << "; sparse.img allocates " << format_bytes(static_cast<double>(allocated_bytes(sparse)))
             << " and reads the same: " << (same_content(origin, sparse) ? "yes" : "NO") << "\n\n";

@@ -28,7 +28,8 @@ const Verb kVerbs[] = {
 
 void usage(std::ostream& out) {
   out << "Usage: kcopyfs VERB [OPTIONS] ARGS...\n\nVerbs:\n";
-  for (const Verb& v : kVerbs) out << "  " << v.name << std::string(10 - std::strlen(v.name), ' ') << v.summary << "\n";
+  for (const Verb& v : kVerbs)
+    out << "  " << v.name << std::string(10 - std::strlen(v.name), ' ') << v.summary << "\n";
   out << "\n'kcopyfs VERB --help' describes a verb.\n";
 }
 
