@@ -160,7 +160,7 @@ Status KcopydClient::submit(const Region* from, std::span<const Region> dests, C
   {
     std::lock_guard lock(mutex_);
     if (destroying_ && outstanding_ == 0)
-      return Error(std::make_error_code(std::errc::operation_canceled), "kcopyd: client is being destroyed");
+      return Error(std::error_code(ESHUTDOWN, std::generic_category()), "kcopyd: client is being destroyed");
     ++outstanding_;
     inbox_.push_back(std::move(e));
   }

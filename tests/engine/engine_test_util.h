@@ -10,6 +10,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -46,6 +48,15 @@ class ShmDir {
  private:
   std::string path_;
 };
+
+// Reports a wait that timed out and ends the test process at once: the objects still waiting for the lost
+// work (a kcopyd client, an IoRing) would otherwise block forever in their destructors.
+[[noreturn]] inline void fail_timeout(const std::string& what) {
+  ADD_FAILURE() << "timed out after " << kTimeout.count() << " s waiting for " << what;
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(1);
+}
 
 // Opens path as a FileDevice; throws (failing the test) when it cannot.
 inline std::unique_ptr<FileDevice> open_device(const std::string& path, OpenOptions options = {}) {
@@ -101,12 +112,14 @@ class Callbacks {
     };
   }
 
-  // True when at least n callbacks ran within kTimeout.
-  [[nodiscard]] bool wait_for(size_t n) {
+  // Waits until at least n callbacks ran; fails the test and exits after kTimeout. Returns true.
+  bool wait_for(size_t n) {
     std::unique_lock lock(mutex_);
-    return cv_.wait_for(lock, kTimeout, [&] { return total_ >= n; });
+    if (!cv_.wait_for(lock, kTimeout, [&] { return total_ >= n; }))
+      fail_timeout(std::to_string(n) + " kcopyd callbacks (" + std::to_string(total_) + " ran)");
+    return true;
   }
-  [[nodiscard]] bool wait_all() { return wait_for(results_.size()); }
+  bool wait_all() { return wait_for(results_.size()); }
 
   Result result(size_t job = 0) const {
     std::lock_guard lock(mutex_);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <linux/magic.h>
 #include <sys/statfs.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -260,6 +261,31 @@ TEST(FileDevice, ExtentAtReportsHolesAndData) {
   e = empty->extent_at(Bytes(kSectorSize));
   EXPECT_FALSE(e.data);
   EXPECT_EQ(e.length, Bytes(2 * MiB - kSectorSize));
+}
+
+TEST(FileDevice, ReadingAFileThatShrankUnderTheDeviceGivesZerosForTheTail) {
+  TempDir dir;
+  for (CacheMode cache : {CacheMode::direct_if_possible, CacheMode::buffered}) {
+    for (uint64_t shrunk : {uint64_t{10000}, uint64_t{8 * KiB}}) {
+      SCOPED_TRACE(std::string(cache == CacheMode::buffered ? "buffered" : "direct") + " shrunk to " +
+                   std::to_string(shrunk));
+      const std::string path = dir.file("f");
+      write_pattern_file(path, 64 * KiB, 106);
+      OpenOptions o;
+      o.cache = cache;
+      auto dev = open_device(path, o);
+      ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(shrunk)), 0);
+      const size_t len = 16 * KiB;
+      auto buf = aligned(len);
+      std::memset(buf.get(), 0xAA, len);
+      ASSERT_FALSE(read_sync(*dev, Bytes(0), std::span<std::byte>(buf.get(), len)));
+      EXPECT_EQ(std::memcmp(buf.get(), pattern(106, 0, shrunk).data(), shrunk), 0);
+      for (size_t i = shrunk; i < len; ++i) ASSERT_EQ(buf.get()[i], std::byte{0}) << "byte " << i;
+      std::memset(buf.get(), 0xAA, len);
+      ASSERT_FALSE(read_sync(*dev, Bytes(32 * KiB), std::span<std::byte>(buf.get(), len)));
+      for (size_t i = 0; i < len; ++i) ASSERT_EQ(buf.get()[i], std::byte{0}) << "byte " << i;
+    }
+  }
 }
 
 TEST(FileDevice, GrowFile) {

@@ -42,11 +42,14 @@ class Completions {
       cv_.notify_all();
     };
   }
-  [[nodiscard]] bool wait_for(size_t n) {
+  // Waits until at least n completions ran; fails the test and exits after kTimeout. Returns true.
+  bool wait_for(size_t n) {
     std::unique_lock lock(mutex_);
-    return cv_.wait_for(lock, kTimeout, [&] { return total_ >= n; });
+    if (!cv_.wait_for(lock, kTimeout, [&] { return total_ >= n; }))
+      fail_timeout(std::to_string(n) + " completions (" + std::to_string(total_) + " ran)");
+    return true;
   }
-  [[nodiscard]] bool wait_all() { return wait_for(calls_.size()); }
+  bool wait_all() { return wait_for(calls_.size()); }
   int calls(size_t i) const { return calls_[i]; }
   int result(size_t i) const { return results_[i]; }
   const std::set<std::thread::id>& threads() const { return threads_; }

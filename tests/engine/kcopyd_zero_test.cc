@@ -39,7 +39,10 @@ TEST(KcopydZero, ZeroWriteErrorSetsOnlyThatDestinationsBit) {
   TempDir dir;
   auto d0 = Image::with_pattern(dir.file("d0"), 1 * MiB, 42);
   auto d1 = Image::with_pattern(dir.file("d1"), 1 * MiB, 43);
-  d0->dev().add_rule({FaultDevice::Op::write_zeroes, Sector(0), Sector(~0ull >> 10), EIO});
+  FaultDevice::Rule fail_zeroes;
+  fail_zeroes.op = FaultDevice::Op::write_zeroes;
+  fail_zeroes.error = EIO;
+  d0->dev().add_rule(fail_zeroes);
   auto client = make_client();
   Callbacks cb;
   Region dests[] = {d0->region(Sector(0), Sector(64)), d1->region(Sector(64), Sector(64))};

@@ -178,7 +178,7 @@ TEST(Throttle, RaisingTheCapMidCopyFinishesSooner) {
   auto client = make_client(o);
 
   // A small first job signals when the copy is under way; another thread then raises the cap.
-  std::promise<void> first_done;
+  auto first_done = std::make_shared<std::promise<void>>();  // shared: set_value may outlive the wait
   std::atomic<bool> big_done_before_raise{false};
   std::atomic<bool> big_done{false};
   Callbacks cb(2);
@@ -188,15 +188,15 @@ TEST(Throttle, RaisingTheCapMidCopyFinishesSooner) {
   Region d_big[] = {env.dst->region(sectors_of_bytes(1 * MiB), Sector(0))};
   const auto began = std::chrono::steady_clock::now();
   std::thread raiser([&] {
-    if (first_done.get_future().wait_for(kTimeout) != std::future_status::ready) return;
+    if (first_done->get_future().wait_for(kTimeout) != std::future_status::ready) return;
     big_done_before_raise = big_done.load();
     throttle->set_bytes_per_second(1 * GiB);
   });
   ASSERT_TRUE(client
                   ->copy(env.src->region(Sector(0), sectors_of_bytes(1 * MiB)), d_first, {},
-                         [&](bool r, uint32_t w) {
+                         [&, first_done](bool r, uint32_t w) {
                            first_cb(r, w);
-                           first_done.set_value();
+                           first_done->set_value();
                          })
                   .ok());
   ASSERT_TRUE(client
