@@ -509,13 +509,16 @@ void KcopydClient::offload_loop() {
     // A reflink shares the extents outright where the filesystem can (btrfs, XFS); ext4 refuses it.
     constexpr uint64_t kCloneAlign = 4096;
     bool cloned = false;
-    if ((src_off | dst_off | left) % kCloneAlign == 0) {
+    if ((src_off | dst_off | left) % kCloneAlign == 0 && !clone_refused_.load(std::memory_order_relaxed)) {
       file_clone_range r{};
       r.src_fd = src->fd();
       r.src_offset = static_cast<uint64_t>(src_off);
       r.src_length = left;
       r.dest_offset = static_cast<uint64_t>(dst_off);
       cloned = ::ioctl(dst->fd(), FICLONERANGE, &r) == 0;
+      // A filesystem that cannot share extents (ext4) says so at once; don't ask again for every piece.
+      if (!cloned && (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL))
+        clone_refused_.store(true, std::memory_order_relaxed);
     }
     while (!cloned && left > 0) {
       ssize_t n = ::copy_file_range(src->fd(), &src_off, dst->fd(), &dst_off, left, 0);

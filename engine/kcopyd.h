@@ -159,6 +159,7 @@ class KcopydClient {
   std::vector<std::thread> offload_threads_;
   bool offload_stop_ = false;
 
+  std::atomic<bool> clone_refused_{false};  // FICLONERANGE failed as unsupported: use copy_file_range only
   std::atomic<unsigned> peak_sub_jobs_{0};
   std::atomic<uint64_t> jobs_completed_{0};
   std::atomic<uint64_t> bytes_read_{0};

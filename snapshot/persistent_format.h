@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/little_endian.h"
 #include "engine/units.h"
 #include "snapshot/chunk.h"
 
@@ -44,22 +45,10 @@ constexpr bool is_metadata_chunk(Sector chunk_size, ChunkIndex c) {
   return c.value() % (exceptions_per_area(chunk_size) + 1) == kHeaderChunks;
 }
 
-// Little-endian fields at p (any alignment).
-inline uint32_t load_le32(const std::byte* p) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint32_t>(p[i]);
-  return v;
-}
-inline uint64_t load_le64(const std::byte* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint64_t>(p[i]);
-  return v;
-}
-inline void store_le32(std::byte* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-inline void store_le64(std::byte* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
+// Little-endian fields: engine/little_endian.h.
+using kcopyfs::load_le32;
+using kcopyfs::load_le64;
+using kcopyfs::store_le32;
+using kcopyfs::store_le64;
 
 }  // namespace kcopyfs::cow_format

@@ -101,7 +101,7 @@ drop_caches() {
 }
 now_ns() { date +%s%N; }
 
-# Sets $dests to N destination paths under $work, deletes them, and syncs the deletion.
+# Sets $dests to N destination paths under $work and deletes them (the sync before the measurement covers it).
 prepare_dests() {
   local i
   dests=()
