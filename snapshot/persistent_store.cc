@@ -169,8 +169,9 @@ bool has_repeat(std::vector<uint64_t>& values) {
 // A group of commits written by one area write.
 struct CommitBatch {
   uint64_t area = 0;
-  bool full = false;    // the area is complete: zero the next one on disk first
-  AlignedBuffer owned;  // a full area's own buffer; a partial batch writes from State::write_buffer
+  bool full = false;     // the area is complete: zero the next one on disk first
+  bool preflush = true;  // flush before the area write: some of its records' data may not be durable yet
+  AlignedBuffer owned;   // a full area's own buffer; a partial batch writes from State::write_buffer
   std::byte* data = nullptr;
   std::vector<std::function<void(bool)>> callbacks;
 };
@@ -230,8 +231,24 @@ struct PersistentStore::State {
       // A snapshot: commits arriving during the write keep filling `area` without tearing what is written.
       std::memcpy(write_buffer.get(), area.get(), chunk_bytes.value());
       b->data = write_buffer.get();
-      b->callbacks = std::move(unwritten);
-      unwritten.clear();
+      // Commits whose data a completed flush already made durable need no flush before their records are
+      // written. When some are, the batch takes only those (the oldest: unwritten is in arrival order) and
+      // skips the pre-flush; the rest stay out of the written copy and wait for the next batch.
+      const uint64_t first = commits_arrived - unwritten.size();
+      const uint64_t covered =
+          commits_flushed > first ? std::min<uint64_t>(commits_flushed - first, unwritten.size()) : 0;
+      if (covered == 0) {
+        b->callbacks = std::move(unwritten);
+        unwritten.clear();
+      } else {
+        b->preflush = false;
+        const uint64_t rest = unwritten.size() - covered;
+        std::memset(write_buffer.get() + (current_committed - rest) * fmt::kRecordBytes, 0,
+                    rest * fmt::kRecordBytes);
+        b->callbacks.assign(std::make_move_iterator(unwritten.begin()),
+                            std::make_move_iterator(unwritten.begin() + static_cast<ptrdiff_t>(covered)));
+        unwritten.erase(unwritten.begin(), unwritten.begin() + static_cast<ptrdiff_t>(covered));
+      }
     } else {
       return nullptr;
     }
@@ -245,8 +262,9 @@ struct PersistentStore::State {
   void run_batch(std::shared_ptr<CommitBatch> b) {
     State* s = this;
     auto write_area = [s, b] {
-      s->write_durably(s->offset_of(s->area_location(b->area)), b->data,
-                       [s, b](std::error_code ec) { s->finish_batch(b, ec); });
+      s->write_durably(
+          s->offset_of(s->area_location(b->area)), b->data,
+          [s, b](std::error_code ec) { s->finish_batch(b, ec); }, b->preflush);
     };
     if (!b->full) return write_area();
     const ChunkIndex next = area_location(b->area + 1);
@@ -288,11 +306,31 @@ struct PersistentStore::State {
     for (auto& cb : failed) cb(false);
   }
 
-  // Writes a metadata area: flush (the data chunks its records point at become durable), write, flush (the
-  // records become durable: the kernel's PREFLUSH|FUA); then(ec) afterwards.
-  void write_durably(Bytes offset, const std::byte* data, std::function<void(std::error_code)> then) {
+  // Flushes the COW device; once the flush succeeded, the data of every commit that arrived before it was
+  // issued is durable (commits arrive after their data write completed).
+  void flush_cow(std::function<void(std::error_code)> then) {
+    uint64_t mark = 0;
+    {
+      std::lock_guard lock(mutex);
+      mark = commits_arrived;
+    }
     State* s = this;
-    cow.flush([s, offset, data, then = std::move(then)](std::error_code ec) mutable {
+    cow.flush([s, mark, then = std::move(then)](std::error_code ec) {
+      if (!ec) {
+        std::lock_guard lock(s->mutex);
+        s->commits_flushed = std::max(s->commits_flushed, mark);
+      }
+      then(ec);
+    });
+  }
+
+  // Writes a metadata area: flush (the data chunks its records point at become durable; skipped when the
+  // caller knows they are), write, flush (the records become durable: the kernel's PREFLUSH|FUA); then(ec)
+  // afterwards.
+  void write_durably(Bytes offset, const std::byte* data, std::function<void(std::error_code)> then,
+                     bool preflush = true) {
+    State* s = this;
+    auto write = [s, offset, data, then = std::move(then)](std::error_code ec) mutable {
       if (ec) return then(ec);
       {
         std::lock_guard lock(s->mutex);
@@ -300,9 +338,11 @@ struct PersistentStore::State {
       }
       s->cow.write(offset, s->chunk_span(data), [s, then = std::move(then)](std::error_code ec) mutable {
         if (ec) return then(ec);
-        s->cow.flush(std::move(then));
+        s->flush_cow(std::move(then));
       });
-    });
+    };
+    if (preflush) return flush_cow(std::move(write));
+    write(std::error_code());
   }
 
   // Constant after construction.
@@ -328,6 +368,9 @@ struct PersistentStore::State {
   AlignedBuffer write_buffer;                        // what a partial-area batch or a merge writes
   unsigned io_in_flight = 0;  // batches, merge and header writes the destructor must wait for
   uint64_t area_writes = 0;
+
+  uint64_t commits_arrived = 0;  // commits recorded in memory so far (their data writes had completed)
+  uint64_t commits_flushed = 0;  // the first commits_flushed of them have durable data (a flush completed)
 };
 
 PersistentStore::PersistentStore(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -547,6 +590,7 @@ void PersistentStore::commit_exception(const Exception& e, bool copy_ok,
     fmt::store_le64(record + fmt::kRecordOldOffset, e.old_chunk.value());
     fmt::store_le64(record + fmt::kRecordNewOffset, e.new_chunk.value());
     ++s.current_committed;
+    ++s.commits_arrived;
     s.unwritten.push_back(std::move(done));
     if (s.current_committed == s.epa) s.seal_locked();
     // Group commit: while a write is in flight, commits accumulate and its completion starts the next batch.

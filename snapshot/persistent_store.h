@@ -6,8 +6,10 @@
 // Durability protocol of a commit: the data chunk is written before commit_exception() is called; the store
 // flushes the COW device (the data becomes durable), writes the metadata area, flushes again, and only then
 // calls back. Commits that arrive while an area write is in flight are written together in the next one
-// (group commit). When an area fills, the next area is zeroed on disk before the full one is written, so a
-// reload always finds a terminator.
+// (group commit); the first flush is skipped for commits that arrived before an earlier batch's last flush
+// was issued (their data is durable already), so a busy store pays one flush per batch, not two. When an area
+// fills, the next area is zeroed on disk before the full one is written, so a reload always finds a
+// terminator.
 //
 // Thread-safety: all methods may be called from any thread; the store has its own lock.
 #pragma once
