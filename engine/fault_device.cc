@@ -40,7 +40,8 @@ unsigned FaultDevice::peak_in_flight(Op op) const {
   return peak_[static_cast<int>(op)];
 }
 
-void FaultDevice::decide(Op op, Sector start, Sector count, int& error, std::chrono::microseconds& delay) {
+void FaultDevice::decide(Op op, Sector start, Sector count, int& error, std::chrono::microseconds& delay,
+                         std::function<void()>& hook) {
   error = 0;
   delay = std::chrono::microseconds(0);
   for (Rule& r : rules_) {
@@ -50,6 +51,7 @@ void FaultDevice::decide(Op op, Sector start, Sector count, int& error, std::chr
     if (r.remaining > 0) --r.remaining;
     error = r.error;
     delay = r.delay;
+    hook = r.on_match;
     return;
   }
 }
@@ -58,12 +60,14 @@ void FaultDevice::dispatch(Op op, Sector start, Sector count, IoCallback done,
                            std::function<void(IoCallback)> pass_on) {
   int error = 0;
   std::chrono::microseconds delay{0};
+  std::function<void()> hook;
   {
     std::lock_guard lock(mutex_);
-    decide(op, start, count, error, delay);
+    decide(op, start, count, error, delay, hook);
     const int k = static_cast<int>(op);
     if (++in_flight_[k] > peak_[k]) peak_[k] = in_flight_[k];
   }
+  if (hook) hook();
   auto finish = [this, op, start, count, done = std::move(done)](std::error_code ec) {
     {
       std::lock_guard lock(mutex_);

@@ -3,12 +3,16 @@
 //
 // Rules are checked in the order added; the first that matches an operation decides it. A failing operation
 // is not passed to the inner device; a delayed one is passed on after its delay. Failures and delays complete
-// on the FaultDevice's own dispatcher thread, so the BlockDevice completion contract holds. Thread-safe.
+// on the FaultDevice's own dispatcher thread, so the BlockDevice completion contract holds. A rule may also
+// carry a hook (on_match) that runs when it matches, before the operation goes any further: crash tests use
+// it to end a process at an exact step of a protocol, or to hold a step while the test looks around.
+// Thread-safe.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <queue>
 #include <thread>
@@ -29,6 +33,10 @@ class FaultDevice final : public BlockDevice {
     int error = 0;                       // errno to fail with; 0 passes the operation on
     std::chrono::microseconds delay{0};  // added before passing on or failing
     int remaining = -1;                  // how many more matches it applies to; -1: forever
+    // Runs on each match, on the thread that issued the operation (inside read/write/flush/write_zeroes),
+    // before the delay, failure or pass-on, without the device's lock held. It may block (that thread waits;
+    // other operations go on) or end the process. Empty: no hook.
+    std::function<void()> on_match{};
   };
 
   struct Record {
@@ -81,8 +89,9 @@ class FaultDevice final : public BlockDevice {
     std::function<void()> fire;
     bool operator>(const Timed& o) const { return due != o.due ? due > o.due : seq > o.seq; }
   };
-  // Decides op over [start, start+count): fills error and delay. Updates one-shot counters.
-  void decide(Op op, Sector start, Sector count, int& error, std::chrono::microseconds& delay);
+  // Decides op over [start, start+count): fills error, delay and the hook to run. Updates one-shot counters.
+  void decide(Op op, Sector start, Sector count, int& error, std::chrono::microseconds& delay,
+              std::function<void()>& hook);
   // Runs pass_on (which starts the inner I/O) or fails, after the delay; wraps done to record and count.
   void dispatch(Op op, Sector start, Sector count, IoCallback done, std::function<void(IoCallback)> pass_on);
   void schedule(std::chrono::microseconds delay, std::function<void()> fire);

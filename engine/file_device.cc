@@ -87,7 +87,9 @@ Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path, co
     struct flock lk {};
     lk.l_type = (options.sharing == Sharing::exclusive && !dev->read_only_) ? F_WRLCK : F_RDLCK;
     lk.l_whence = SEEK_SET;
-    if (::fcntl(fd, F_OFD_SETLK, &lk) != 0) {
+    if (::fcntl(fd, F_OFD_SETLK, &lk) == 0) {
+      dev->locked_ = true;
+    } else {
       if (errno == EAGAIN || errno == EACCES)
         return Error(std::error_code(EBUSY, std::generic_category()),
                      "open " + path + ": file is held by another kcopyfs target or process");
@@ -118,6 +120,15 @@ Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path, co
     return Error::invalid("open " + path + ": size " + std::to_string(size) + " is not a multiple of 512");
   dev->size_ = Bytes(size);
   return dev;
+}
+
+FileDevice::~FileDevice() {
+  if (locked_) {
+    struct flock lk {};
+    lk.l_type = F_UNLCK;
+    lk.l_whence = SEEK_SET;
+    ::fcntl(fd_.get(), F_OFD_SETLK, &lk);
+  }
 }
 
 Status FileDevice::grow_file(Bytes new_size) {

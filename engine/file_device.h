@@ -40,6 +40,10 @@ class FileDevice final : public BlockDevice {
   // held by another, size not a multiple of 512, io_uring unavailable).
   static Result<std::unique_ptr<FileDevice>> open(const std::string& path, const OpenOptions& options);
 
+  // Releases the file lock explicitly before closing: io_uring may hold the file a moment longer, and a lock
+  // that outlived the device would refuse the next open.
+  ~FileDevice() override;
+
   const std::string& path() const override { return path_; }
   Bytes size() const override { return size_; }
   uint32_t logical_block_size() const override { return logical_block_size_; }
@@ -81,6 +85,7 @@ class FileDevice final : public BlockDevice {
   bool read_only_ = false;
   bool is_block_device_ = false;
   bool direct_io_ = false;
+  bool locked_ = false;  // holds an OFD lock on the file
   dev_t filesystem_ = 0;
 
   // Learned on first use: whether fallocate can zero (or punch) ranges here.

@@ -31,10 +31,11 @@ Status Origin::start_merge(const std::string& name, std::function<void(Status)> 
   if (s->store_->type_letter() != 'P')
     return Error::invalid("snapshot " + name + " is transient and cannot be merged");
   if (!s->valid_) return Error::invalid("snapshot " + name + " is invalid and cannot be merged");
-  // Writes in flight were issued against the un-merged origin; let them finish before reads and writes
-  // reroute.
+  // Writes in flight were issued against the un-merged origin, and writes to the snapshot must be in its
+  // image before the merge reads it: let them finish before reads and writes reroute.
   holding_writes_ = true;
-  changed_.wait(lock, [&] { return writes_in_flight_ == 0; });
+  changed_.wait(lock,
+                [&] { return writes_in_flight_ == 0 && s->writes_in_flight_ == 0 && s->pending_.empty(); });
   holding_writes_ = false;
   if (merge_thread_.joinable()) {
     lock.unlock();
@@ -97,7 +98,7 @@ void Origin::merge_loop() {
   std::function<void(Status)> done;
   std::unique_ptr<Snapshot> finished;
   {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     done = std::move(merge_done_);
     if (result) {
       // Merged: the snapshot is gone, and the origin is served directly again.
@@ -110,6 +111,8 @@ void Origin::merge_loop() {
       }
       merging_ = nullptr;
       merge_active_.store(false, std::memory_order_release);
+      // Reads and flushes that went to its COW device finish before the device is closed.
+      changed_.wait(lock, [&] { return merge_cow_io_ == 0; });
     } else {
       // The kernel keeps serving the origin through the merging target; so do we, with "Merge failed".
       s->merge_failed_ = true;
@@ -287,15 +290,25 @@ void Origin::read_during_merge(Bytes offset, std::span<std::byte> buffer, IoCall
           pieces.push_back(Piece{cow.has_value(), dev, pos, piece_end});
         pos = piece_end;
       }
+      for (const Piece& p : pieces) merge_cow_io_ += p.from_cow ? 1 : 0;
     }
   }
   // A chunk read from the COW store keeps its data there until after the step that merges it has cleared the
-  // records, and the snapshot (so its COW device) lives until the merge ends: no tracking is needed.
+  // records; the COW device itself stays open until the reads counted in merge_cow_io_ are done.
   auto fan = std::make_shared<FanIn>(static_cast<unsigned>(pieces.size()), std::move(done));
   for (const Piece& p : pieces) {
     auto span = buffer.subspan(p.begin - offset.value(), p.end - p.begin);
-    BlockDevice& dev = p.from_cow ? *m->cow_ : *device_;
-    dev.read(Bytes(p.device_offset), span, [fan](std::error_code ec) { fan->arrive(ec); });
+    if (!p.from_cow) {
+      device_->read(Bytes(p.device_offset), span, [fan](std::error_code ec) { fan->arrive(ec); });
+      continue;
+    }
+    m->cow_->read(Bytes(p.device_offset), span, [this, fan](std::error_code ec) {
+      {
+        std::lock_guard lock(mutex_);
+        if (--merge_cow_io_ == 0) changed_.notify_all();
+      }
+      fan->arrive(ec);
+    });
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 
+#include "engine/fan_in.h"
 #include "engine/file_device.h"
 #include "engine/io_ring.h"
 #include "snapshot/persistent_store.h"
@@ -30,6 +31,14 @@ Origin::Origin(std::unique_ptr<BlockDevice> device) : device_(std::move(device))
 Origin::~Origin() {
   stop_merge();
   kcopyd_.reset();  // waits for every copy; their callbacks still find the snapshots
+  {
+    // An invalidation's header write still in flight calls back into its snapshot.
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] {
+      return std::none_of(snapshots_.begin(), snapshots_.end(),
+                          [](const auto& s) { return s->header_pending_; });
+    });
+  }
   snapshots_.clear();
 }
 
@@ -115,7 +124,7 @@ Status Origin::remove_snapshot(const std::string& name) {
     if (it->get() == merging_) return Error::invalid("snapshot " + name + " is merging");
     holding_writes_ = true;
     Snapshot* s = it->get();
-    changed_.wait(lock, [&] { return writes_in_flight_ == 0 && s->pending_.empty(); });
+    changed_.wait(lock, [&] { return writes_in_flight_ == 0 && s->pending_.empty() && !s->header_pending_; });
     it = std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& p) { return p.get() == s; });
     doomed = std::move(*it);
     snapshots_.erase(it);
@@ -148,7 +157,28 @@ void Origin::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, Fi
   device_->read(offset, buffer, std::move(done), fixed);
 }
 
-void Origin::flush(IoCallback done) { device_->flush(std::move(done)); }
+void Origin::flush(IoCallback done) {
+  BlockDevice* cow = nullptr;
+  if (merge_active_.load(std::memory_order_acquire)) {
+    std::lock_guard lock(mutex_);
+    if (merging_ != nullptr) {
+      cow = merging_->cow_.get();
+      ++merge_cow_io_;
+    }
+  }
+  if (cow == nullptr) return device_->flush(std::move(done));
+  // Writes through the origin view may sit in the merging COW store: flush both devices, as the kernel's
+  // snapshot-merge target does (one flush bio to the origin, one to the COW).
+  auto fan = std::make_shared<FanIn>(2, std::move(done));
+  device_->flush([fan](std::error_code ec) { fan->arrive(ec); });
+  cow->flush([this, fan](std::error_code ec) {
+    {
+      std::lock_guard lock(mutex_);
+      if (--merge_cow_io_ == 0) changed_.notify_all();
+    }
+    fan->arrive(ec);
+  });
+}
 
 void Origin::write_zeroes(Bytes offset, Bytes length, bool /*may_unmap*/, IoCallback done) {
   // Through the write path, so the snapshots keep the old data.
@@ -193,10 +223,27 @@ bool Origin::protect_range_locked(Sector first, Sector last, std::function<void(
   };
   auto barrier = std::make_shared<Barrier>();
   barrier->ready = std::move(ready);
+  auto arrive = [this, barrier] {
+    bool last_one;
+    {
+      std::lock_guard lock(mutex_);
+      last_one = --barrier->waits == 0;
+    }
+    if (last_one) barrier->ready();
+  };
   std::vector<PendingException*> fresh;
   for (auto& sp : snapshots_) {
     Snapshot& s = *sp;
-    if (!s.valid_ || &s == merging_) continue;
+    if (&s == merging_) continue;
+    if (!s.valid_) {
+      // Skipped, but not before its header says it is invalid (a crash must not find it valid without the
+      // old data of a chunk this write overwrites).
+      if (s.header_pending_) {
+        ++barrier->waits;
+        s.header_waiters_.push_back(arrive);
+      }
+      continue;
+    }
     const ChunkGeometry& g = s.geometry_;
     for (uint64_t c = g.chunk_of(first).value(); c <= g.chunk_of(last).value(); ++c) {
       const ChunkIndex chunk(c);
@@ -207,18 +254,24 @@ bool Origin::protect_range_locked(Sector first, Sector last, std::function<void(
         if (pe == nullptr) {
           // The COW store is full: an origin write always invalidates (even a "PO" store, §2.4).
           invalidate_locked(s, after);
+          ++barrier->waits;
+          s.header_waiters_.push_back(arrive);
           break;
         }
         fresh.push_back(pe);
       }
       ++barrier->waits;
-      pe->waiters.push_back([this, barrier](bool) {
-        bool last_one;
-        {
-          std::lock_guard lock(mutex_);
-          last_one = --barrier->waits == 0;
+      pe->waiters.push_back([this, arrive, sp = &s](bool ok) {
+        if (!ok) {
+          // The exception failed and the snapshot is invalid: go on once its header says so. (The snapshot
+          // lives: this write is in flight, so it cannot be removed.)
+          std::unique_lock lock(mutex_);
+          if (sp->header_pending_) {
+            sp->header_waiters_.push_back(arrive);
+            return;
+          }
         }
-        if (last_one) barrier->ready();
+        arrive();
       });
     }
   }
@@ -382,8 +435,22 @@ void Origin::complete_pending_locked(PendingException* pe, bool ok, Actions& aft
 void Origin::invalidate_locked(Snapshot& s, Actions& after) {
   if (!s.valid_) return;
   s.valid_ = false;
+  s.header_pending_ = true;
   ExceptionStore* store = s.store_.get();
-  after.push_back([store] { store->invalidate([](bool) {}); });
+  Snapshot* sp = &s;
+  after.push_back([this, store, sp] {
+    // Whether or not the header write succeeded, the kernel lets the writes go on (it only warns).
+    store->invalidate([this, sp](bool) {
+      Actions waiters;
+      {
+        std::lock_guard lock(mutex_);
+        sp->header_pending_ = false;
+        waiters.swap(sp->header_waiters_);
+        changed_.notify_all();
+      }
+      run(waiters);
+    });
+  });
 }
 
 void Origin::issue_device_write(const std::shared_ptr<Write>& w) {

@@ -66,7 +66,8 @@ class Origin final : public BlockDevice {
   // with EIO. The merge runs in the background, newest exceptions first, one durable step per run of chunks;
   // when it is done the snapshot is removed and on_done runs with success, or with the error that stopped it
   // (then the snapshot's status is "Merge failed"). An interrupted merge (unmount, crash) resumes by
-  // attaching the snapshot and calling start_merge again. Errors: no such snapshot, a transient or invalid
+  // attaching the snapshot and calling start_merge again; destroying the Origin mid-merge stops it between
+  // steps without calling on_done. Errors: no such snapshot, a transient or invalid
   // one, another merge running.
   Status start_merge(const std::string& name, std::function<void(Status)> on_done);
   struct MergeProgress {
@@ -112,6 +113,8 @@ class Origin final : public BlockDevice {
   bool protect_range_locked(Sector first, Sector last, std::function<void()> ready, Actions& after);
   void write_during_merge_locked(const std::shared_ptr<Write>& w, Actions& after);
   void start_copies_locked(std::vector<PendingException*>& fresh, Actions& after);
+  // Marks s invalid and writes its header; the origin writes that must not overtake that header wait for it
+  // through s.header_waiters_.
   void invalidate_locked(Snapshot& s, Actions& after);
   void commit_in_order_locked(Snapshot& s, Actions& after);
   void complete_pending_locked(PendingException* pe, bool ok, Actions& after);
@@ -144,6 +147,8 @@ class Origin final : public BlockDevice {
   uint64_t merge_first_ = 0, merge_end_ = 0;  // old chunks [first, end) of the step being copied back
   Actions held_for_merge_;                    // writes to those chunks, run again when the step ends
   std::unordered_map<uint64_t, unsigned> merge_cow_writes_;  // chunk -> writes in flight to the merging COW
+  // Reads and flushes in flight on the merging COW device; the merge's end waits for them before closing it.
+  unsigned merge_cow_io_ = 0;
   uint64_t merge_total_ = 0;
   bool merge_stop_ = false;
   std::function<void(Status)> merge_done_;

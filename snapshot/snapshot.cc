@@ -154,7 +154,14 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
   {
     std::lock_guard lock(origin_.mutex_);
     if (!valid_ || overflow_ || origin_.merging_ == this) return origin_.fail_async(std::move(done), EIO);
-    fan = std::make_shared<FanIn>(1, std::move(done));
+    ++writes_in_flight_;
+    fan = std::make_shared<FanIn>(1, [this, done = std::move(done)](std::error_code ec) {
+      {
+        std::lock_guard l(origin_.mutex_);
+        if (--writes_in_flight_ == 0) origin_.changed_.notify_all();
+      }
+      done(ec);
+    });
     const uint64_t chunk_bytes = geometry_.chunk_bytes().value();
     const uint64_t end = offset.value() + buffer.size();
     std::vector<PendingException*> fresh;

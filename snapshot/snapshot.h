@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "engine/block_device.h"
 #include "snapshot/exception_store.h"
@@ -85,8 +86,14 @@ class Snapshot final : public BlockDevice {
 
   // Guarded by the origin's mutex.
   bool valid_ = true;
+  // Invalidated, and the header saying so is not on disk yet: origin writes that skip this snapshot wait in
+  // header_waiters_ until it is (the kernel writes the header before any origin write passes an invalid
+  // snapshot). The snapshot is not destroyed while this is set.
+  bool header_pending_ = false;
+  std::vector<std::function<void()>> header_waiters_;
   bool overflow_ = false;
   bool merge_failed_ = false;
+  unsigned writes_in_flight_ = 0;  // writes to this view not completed yet (start_merge waits for them)
   ExceptionTable table_;
   std::unordered_map<uint64_t, std::unique_ptr<PendingException>> pending_;  // by old chunk
   uint64_t next_sequence_ = 0;                                               // the next allocation's sequence
