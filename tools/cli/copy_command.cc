@@ -318,8 +318,9 @@ int run_copy(const std::vector<std::string>& args) {
   bool any_block_device = src.value()->is_block_device();
   for (const auto& d : dests) any_block_device = any_block_device || d.device->is_block_device();
   if (any_block_device) {
-    // The kernel's 8 sub-jobs of 512 KiB per job; 16 MiB: two segment jobs, with room to spare. (io_uring sends
-    // 1 MiB O_DIRECT reads of a block device through its worker threads, so larger sub-jobs are not used here.)
+    // The kernel's 8 sub-jobs of 512 KiB per job; 16 MiB: two segment jobs, with room to spare. (io_uring
+    // sends 1 MiB O_DIRECT reads of a block device through its worker threads, so larger sub-jobs are not
+    // used here.)
     options.num_pages = 4096;
   } else {
     // Files: 32 MiB, two segment jobs of 16 sub-jobs of 1 MiB. Against 8 x 512 KiB this gained ~15% for one

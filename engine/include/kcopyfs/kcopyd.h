@@ -33,9 +33,10 @@ struct io_region {
 
 /* Flag bit numbers, as the kernel's: pass (1 << KCOPYD_IGNORE_ERROR). */
 #define KCOPYD_IGNORE_ERROR 1 /* keep going after read or write errors */
-#define KCOPYD_WRITE_SEQ 2 /* write in ascending order, each write after the previous; clears IGNORE_ERROR \
-                            */
-#define KCOPYD_SPARSE 3    /* kcopyfs extension: skip the source's holes and unmap them at the destinations */
+#define KCOPYD_WRITE_SEQ                                                                                \
+  2                     /* write in ascending order, each write after the previous; clears IGNORE_ERROR \
+                         */
+#define KCOPYD_SPARSE 3 /* kcopyfs extension: skip the source's holes and unmap them at the destinations */
 
 #define KCOPYD_MAX_REGIONS 8
 
