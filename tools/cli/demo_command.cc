@@ -70,7 +70,7 @@ int run_demo(const std::vector<std::string>& args) {
   Cleanup cleanup{tmpl};
   const fs::path dir = tmpl;
 
-  std::cout << "== kcopyfs demo in " << dir << "\n";
+  std::cout << "== kcopyfs demo in " << dir << std::endl;
   // A small filesystem with a few files, as a user's volume would hold.
   const fs::path files = dir / "files";
   fs::create_directories(files / "docs");
@@ -93,7 +93,8 @@ int run_demo(const std::vector<std::string>& args) {
             << " allocated).\n\n";
 
   const fs::path copy_a = dir / "copy-a.img", copy_b = dir / "copy-b.img";
-  std::cout << "$ kcopyfs copy --progress volume.img copy-a.img copy-b.img\n";
+  // Flushed first: the copy's progress goes to stderr, and the story must read in order when piped.
+  std::cout << "$ kcopyfs copy --progress volume.img copy-a.img copy-b.img" << std::endl;
   if (run_copy({"--progress", origin.string(), copy_a.string(), copy_b.string()}) != 0)
     return fail(kVerb, "the copy failed");
   const bool a_ok = same_content(origin, copy_a), b_ok = same_content(origin, copy_b);
@@ -102,7 +103,7 @@ int run_demo(const std::vector<std::string>& args) {
   std::cout << "e2fsck -fn on copy-b.img: " << (fsck_ok ? "clean" : "ERRORS") << "\n\n";
 
   const fs::path sparse = dir / "sparse.img";
-  std::cout << "$ kcopyfs copy --sparse volume.img sparse.img\n";
+  std::cout << "$ kcopyfs copy --sparse volume.img sparse.img" << std::endl;
   if (run_copy({"--sparse", origin.string(), sparse.string()}) != 0)
     return fail(kVerb, "the sparse copy failed");
   std::cout << "copy-a.img allocates " << format_bytes(static_cast<double>(allocated_bytes(copy_a)))

@@ -21,9 +21,15 @@ void Progress::update(uint64_t done_bytes, bool force) {
   draw(done_bytes, false);
 }
 
-void Progress::finish(uint64_t done_bytes) { draw(done_bytes, true); }
+void Progress::finish(uint64_t done_bytes) {
+  // A plain line already showing the final figure is not repeated; a terminal line still needs its newline.
+  if (!tty_ && drawn_ && last_bytes_ == done_bytes) return;
+  draw(done_bytes, true);
+}
 
 void Progress::draw(uint64_t done_bytes, bool final) {
+  drawn_ = true;
+  last_bytes_ = done_bytes;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double rate = secs > 0 ? static_cast<double>(done_bytes) / secs : 0;
   const double fraction = total_ == 0 ? 1.0 : static_cast<double>(done_bytes) / static_cast<double>(total_);

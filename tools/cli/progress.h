@@ -28,6 +28,8 @@ class Progress {
   bool tty_;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_{};
+  bool drawn_ = false;
+  uint64_t last_bytes_ = 0;  // what the last line showed
 };
 
 }  // namespace kcopyfs::cli
