@@ -24,9 +24,10 @@
 // (read failed). F, D and S legs have left the set; R legs stay in it but are read only when no other leg can
 // serve.
 //
-// Differences from the kernel, for now: handle_errors/keep_log are not modelled (a failed leg always leaves the
-// set and writes are never held until suspend); leg error state is not reset once every region is in sync;
-// writes to NOSYNC regions go to every leg in the set, not the default leg only; discards are not supported.
+// Differences from the kernel, for now: handle_errors/keep_log are not modelled (a failed leg always leaves
+// the set and writes are never held until suspend); leg error state is not reset once every region is in
+// sync; writes to NOSYNC regions go to every leg in the set, not the default leg only; discards are not
+// supported.
 //
 // Thread-safety: every method may be called from any thread, but create, the destructor, resync_all,
 // replace_leg and stop/start_resync block and must not run on an I/O completion thread. One mutex guards
