@@ -47,24 +47,14 @@
 #include "mirror/core_log.h"
 #include "mirror/disk_log.h"
 #include "mirror/mirror.h"
+#include "tools/bench/bench_common.h"
 
 namespace kcopyfs {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using namespace bench;  // NOLINT: the shared benchmark helpers
 
-constexpr uint64_t kKiB = 1024;
-constexpr uint64_t kMiB = 1024 * kKiB;
 constexpr uint64_t kRegionBytes = 512 * kKiB;  // kDefaultRegionSize
-
-[[noreturn]] void die(const std::string& message) {
-  std::fprintf(stderr, "mirror_bench: %s\n", message.c_str());
-  std::exit(1);
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 struct Options {
   std::string workdir = "/var/tmp";
@@ -95,33 +85,6 @@ void usage() {
       "  -h, --help             this text\n");
 }
 
-uint64_t parse_size(const std::string& text) {
-  char* end = nullptr;
-  const uint64_t v = std::strtoull(text.c_str(), &end, 10);
-  if (end == text.c_str()) die("cannot parse size '" + text + "'");
-  const std::string suffix(end);
-  uint64_t mul = 1;
-  if (suffix == "K" || suffix == "k")
-    mul = kKiB;
-  else if (suffix == "M" || suffix == "m")
-    mul = kMiB;
-  else if (suffix == "G" || suffix == "g")
-    mul = 1024 * kMiB;
-  else if (!suffix.empty())
-    die("cannot parse size '" + text + "'");
-  return v * mul;
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -138,19 +101,19 @@ Options parse(int argc, char** argv) {
     } else if (a == "--reps") {
       o.reps = static_cast<unsigned>(std::stoul(value()));
     } else if (a == "--size") {
-      o.size = parse_size(value());
+      o.size = size_or_die(value());
     } else if (a == "--windows") {
       o.windows.clear();
       for (auto& s : split(value())) o.windows.push_back(static_cast<unsigned>(std::stoul(s)));
     } else if (a == "--caps") {
       o.caps.clear();
-      for (auto& s : split(value())) o.caps.push_back(parse_size(s));
+      for (auto& s : split(value())) o.caps.push_back(size_or_die(s));
     } else if (a == "--throttle-seconds") {
       o.throttle_seconds = std::stod(value());
     } else if (a == "--write-seconds") {
       o.write_seconds = std::stod(value());
     } else if (a == "--dirty") {
-      o.dirty = parse_size(value());
+      o.dirty = size_or_die(value());
     } else if (a == "--kcopyd-pages") {
       o.kcopyd_pages = static_cast<uint32_t>(std::stoul(value()));
     } else if (a == "--fio") {
@@ -166,49 +129,6 @@ Options parse(int argc, char** argv) {
     if (w == 0) die("resync windows start at 1");
   }
   return o;
-}
-
-bool is_root() { return ::geteuid() == 0; }
-
-void drop_caches() {
-  ::sync();
-  if (!is_root()) return;
-  std::ofstream f("/proc/sys/vm/drop_caches");
-  f << "3\n";
-}
-
-double load_average() {
-  std::ifstream f("/proc/loadavg");
-  double v = 0;
-  f >> v;
-  return v;
-}
-
-std::unique_ptr<BlockDevice> open_device(const std::string& path) {
-  auto dev = FileDevice::open(path, OpenOptions{});
-  if (!dev) die(dev.error().message());
-  if (!dev.value()->direct_io()) {
-    static bool warned = false;
-    if (!warned) std::fprintf(stderr, "mirror_bench: warning: %s is not O_DIRECT\n", path.c_str());
-    warned = true;
-  }
-  return std::move(dev).value();
-}
-
-struct AlignedFree {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<std::byte, AlignedFree>;
-
-Buffer random_buffer(size_t bytes, uint64_t seed) {
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, bytes));
-  if (p == nullptr) die("out of memory");
-  std::mt19937_64 rng(seed);
-  for (size_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(p + i, &v, 8);
-  }
-  return Buffer(p);
 }
 
 // Writes `bytes` of random data (seeded) to a new file, durably.
@@ -491,12 +411,6 @@ Sample run_crash(const Options& o, const std::string& dir, const Paths& p, const
           s};
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 struct Config {
   std::string name;
   std::function<Sample()> run;
@@ -507,6 +421,7 @@ struct Config {
 
 int main(int argc, char** argv) {
   using namespace kcopyfs;
+  bench::set_program_name("mirror_bench");
   if (argc >= 3 && std::string(argv[1]) == "--crash-child") {
     std::vector<uint64_t> regions;
     for (int i = 3; i < argc; ++i) regions.push_back(std::strtoull(argv[i], nullptr, 10));

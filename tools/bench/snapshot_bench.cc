@@ -49,24 +49,14 @@
 #include "snapshot/origin.h"
 #include "snapshot/persistent_format.h"
 #include "snapshot/persistent_store.h"
+#include "tools/bench/bench_common.h"
 
 namespace kcopyfs {
 namespace {
 
+using namespace bench;  // NOLINT: the shared benchmark helpers
+
 namespace fmt = cow_format;
-using Clock = std::chrono::steady_clock;
-
-constexpr uint64_t kKiB = 1024;
-constexpr uint64_t kMiB = 1024 * kKiB;
-
-[[noreturn]] void die(const std::string& message) {
-  std::fprintf(stderr, "snapshot_bench: %s\n", message.c_str());
-  std::exit(1);
-}
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Options
@@ -107,33 +97,6 @@ void usage() {
       "  -h, --help           this text\n");
 }
 
-uint64_t parse_size(const std::string& text) {
-  char* end = nullptr;
-  const uint64_t v = std::strtoull(text.c_str(), &end, 10);
-  std::string suffix(end);
-  uint64_t mul = 1;
-  if (suffix == "K" || suffix == "k")
-    mul = kKiB;
-  else if (suffix == "M" || suffix == "m")
-    mul = kMiB;
-  else if (suffix == "G" || suffix == "g")
-    mul = 1024 * kMiB;
-  else if (!suffix.empty())
-    die("cannot parse size '" + text + "'");
-  if (end == text.c_str()) die("cannot parse size '" + text + "'");
-  return v * mul;
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
-
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -150,7 +113,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--reps") {
       o.reps = static_cast<unsigned>(std::stoul(value()));
     } else if (a == "--origin-size") {
-      o.origin_bytes = parse_size(value());
+      o.origin_bytes = size_or_die(value());
     } else if (a == "--seconds") {
       o.seconds = std::stod(value());
     } else if (a == "--snapshots") {
@@ -168,7 +131,7 @@ Options parse(int argc, char** argv) {
                                         static_cast<unsigned>(std::stoul(v[1])),
                                         static_cast<unsigned>(std::stoul(v[2]))};
     } else if (a == "--cow-prefill") {
-      o.cow_prefill = parse_size(value());
+      o.cow_prefill = size_or_die(value());
     } else if (a == "--exceptions") {
       o.exceptions = std::stoull(value());
     } else if (a == "--csv") {
@@ -196,16 +159,6 @@ bool has_part(const Options& o, const std::string& p) {
 // ---------------------------------------------------------------------------------------------------------
 // System helpers
 
-bool is_root() { return ::geteuid() == 0; }
-
-// sync; echo 3 > /proc/sys/vm/drop_caches (root only; otherwise a sync).
-void drop_caches() {
-  ::sync();
-  if (!is_root()) return;
-  std::ofstream f("/proc/sys/vm/drop_caches");
-  f << "3\n";
-}
-
 // A field of /proc/self/status in KiB (VmRSS, VmHWM).
 uint64_t status_kib(const char* field) {
   std::ifstream f("/proc/self/status");
@@ -225,45 +178,11 @@ bool reset_peak_rss() {
   return static_cast<bool>(f);
 }
 
-double load_average() {
-  std::ifstream f("/proc/loadavg");
-  double v = 0;
-  f >> v;
-  return v;
-}
-
 void make_file(const std::string& path, uint64_t size) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(size)) != 0)
     die("create " + path + ": " + std::strerror(errno));
   ::close(fd);
-}
-
-std::unique_ptr<FileDevice> open_device(const std::string& path) {
-  auto dev = FileDevice::open(path, OpenOptions{});
-  if (!dev) die(dev.error().message());
-  static bool warned = false;
-  if (!dev.value()->direct_io() && !warned) {
-    warned = true;
-    std::fprintf(stderr, "snapshot_bench: warning: %s is not O_DIRECT (buffered I/O)\n", path.c_str());
-  }
-  return std::move(dev).value();
-}
-
-struct AlignedFree {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using Buffer = std::unique_ptr<std::byte, AlignedFree>;
-
-Buffer random_buffer(size_t bytes, uint64_t seed) {
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, bytes));
-  if (p == nullptr) die("out of memory");
-  std::mt19937_64 rng(seed);
-  for (size_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t v = rng();
-    std::memcpy(p + i, &v, 8);
-  }
-  return Buffer(p);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -616,13 +535,6 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
   return m;
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 void run_writes(const Options& o, const std::string& dir, std::FILE* csv) {
   std::vector<Config> configs;
   for (Workload w : {Workload::rand, Workload::seq}) {
@@ -935,6 +847,7 @@ void run_mem(const Options& o) {
 
 int main(int argc, char** argv) {
   using namespace kcopyfs;
+  bench::set_program_name("snapshot_bench");
   const Options o = parse(argc, argv);
   std::string pattern = o.workdir + "/kcopyfs-snapbench.XXXXXX";
   std::vector<char> buf(pattern.begin(), pattern.end());
