@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <sstream>
 
@@ -58,6 +60,37 @@ std::vector<std::string> split(const std::string& text) {
   std::string item;
   while (std::getline(ss, item, ',')) {
     if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+void parse_options(int argc, char** argv, const char* usage,
+                   boost::program_options::options_description& options) {
+  namespace po = boost::program_options;
+  options.add_options()("help,h", "this text");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, options), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    die(std::string(e.what()) + " (see --help)");
+  }
+  if (vm.count("help")) {
+    std::printf("%s\n", usage);
+    std::cout << options;
+    std::exit(0);
+  }
+}
+
+std::vector<uint64_t> numbers_or_die(const std::string& option, const std::string& text) {
+  std::vector<uint64_t> out;
+  for (const std::string& item : split(text)) {
+    char* end = nullptr;
+    errno = 0;
+    const uint64_t v = std::strtoull(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || errno != 0 || item[0] == '-')
+      die(option + " takes whole numbers separated by commas, not '" + text + "'");
+    out.push_back(v);
   }
   return out;
 }

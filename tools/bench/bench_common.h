@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <boost/program_options.hpp>
+
 #include "engine/file_device.h"
 
 namespace kcopyfs::bench {
@@ -27,8 +29,15 @@ void drop_caches();
 double load_average();
 double median(std::vector<double> v);
 
+// Parses argv with options (Boost.Program_options, plus -h/--help, which prints usage then options and
+// exits 0). Any parse error ends the program with one line.
+void parse_options(int argc, char** argv, const char* usage,
+                   boost::program_options::options_description& options);
+
 // A comma-separated option value.
 std::vector<std::string> split(const std::string& text);
+// A comma-separated list of whole numbers, or die naming the option.
+std::vector<uint64_t> numbers_or_die(const std::string& option, const std::string& text);
 // A SIZE as the CLI takes it (bytes or K/M/G/T), or die.
 uint64_t size_or_die(const std::string& text);
 

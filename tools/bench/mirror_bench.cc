@@ -69,59 +69,31 @@ struct Options {
   std::string fio = "fio";
 };
 
-void usage() {
-  std::printf(
-      "Usage: mirror_bench [OPTIONS]\n"
-      "  --workdir DIR          scratch directory made inside DIR, removed at exit (default /var/tmp)\n"
-      "  --reps N               repetitions, round-robin over configurations (default 3)\n"
-      "  --size SIZE            leg size, K/M/G suffixes binary, multiple of 1 MiB (default 1G)\n"
-      "  --windows LIST         resync windows to measure, comma separated (default 1,8)\n"
-      "  --caps LIST            throttle caps in bytes/s, K/M/G suffixes (default 64M,200M)\n"
-      "  --throttle-seconds S   measured window of a throttled resync, after 0.5 s warm-up (default 3)\n"
-      "  --write-seconds S      time cap of one write measurement (default 3)\n"
-      "  --dirty SIZE           bytes written (whole random regions) before the crash (default 64M)\n"
-      "  --kcopyd-pages N       MirrorOptions::kcopyd_pages of the resync configurations (default 2048)\n"
-      "  --fio PATH             fio binary (default fio)\n"
-      "  -h, --help             this text\n");
-}
-
 Options parse(int argc, char** argv) {
+  namespace po = boost::program_options;
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) die(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      usage();
-      std::exit(0);
-    } else if (a == "--workdir") {
-      o.workdir = value();
-    } else if (a == "--reps") {
-      o.reps = static_cast<unsigned>(std::stoul(value()));
-    } else if (a == "--size") {
-      o.size = size_or_die(value());
-    } else if (a == "--windows") {
-      o.windows.clear();
-      for (auto& s : split(value())) o.windows.push_back(static_cast<unsigned>(std::stoul(s)));
-    } else if (a == "--caps") {
-      o.caps.clear();
-      for (auto& s : split(value())) o.caps.push_back(size_or_die(s));
-    } else if (a == "--throttle-seconds") {
-      o.throttle_seconds = std::stod(value());
-    } else if (a == "--write-seconds") {
-      o.write_seconds = std::stod(value());
-    } else if (a == "--dirty") {
-      o.dirty = size_or_die(value());
-    } else if (a == "--kcopyd-pages") {
-      o.kcopyd_pages = static_cast<uint32_t>(std::stoul(value()));
-    } else if (a == "--fio") {
-      o.fio = value();
-    } else {
-      die("unknown argument '" + a + "' (see --help)");
-    }
-  }
+  std::string size = "1G", caps = "64M,200M", dirty = "64M", windows = "1,8";
+  po::options_description options("Options");
+  options.add_options()("workdir", po::value(&o.workdir),
+                        "scratch directory made inside DIR, removed at exit (default /var/tmp)")(
+      "reps", po::value(&o.reps), "repetitions, round-robin over configurations (default 3)")(
+      "size", po::value(&size), "leg size, K/M/G suffixes binary, multiple of 1 MiB (default 1G)")(
+      "windows", po::value(&windows), "resync windows to measure, comma separated (default 1,8)")(
+      "caps", po::value(&caps), "throttle caps in bytes/s, comma separated (default 64M,200M)")(
+      "throttle-seconds", po::value(&o.throttle_seconds),
+      "measured window of a throttled resync, after 0.5 s warm-up (default 3)")(
+      "write-seconds", po::value(&o.write_seconds), "time cap of one write measurement (default 3)")(
+      "dirty", po::value(&dirty), "bytes written (whole random regions) before the crash (default 64M)")(
+      "kcopyd-pages", po::value(&o.kcopyd_pages),
+      "MirrorOptions::kcopyd_pages of the resync configurations (default 2048)")("fio", po::value(&o.fio),
+                                                                                 "fio binary (default fio)");
+  parse_options(argc, argv, "Usage: mirror_bench [OPTIONS]", options);
+  o.size = size_or_die(size);
+  o.dirty = size_or_die(dirty);
+  o.caps.clear();
+  for (auto& c : split(caps)) o.caps.push_back(size_or_die(c));
+  o.windows.clear();
+  for (uint64_t w : numbers_or_die("--windows", windows)) o.windows.push_back(static_cast<unsigned>(w));
   if (o.reps == 0) die("--reps must be at least 1");
   if (o.size == 0 || o.size % kMiB != 0) die("--size must be a positive multiple of 1 MiB");
   if (o.dirty % kRegionBytes != 0 || o.dirty > o.size) die("--dirty must be whole 512 KiB regions, <= size");

@@ -77,68 +77,41 @@ struct Options {
   bool keep_going_without_root = true;
 };
 
-void usage() {
-  std::printf(
-      "Usage: snapshot_bench [OPTIONS]\n"
-      "  --workdir DIR        scratch directory is made inside DIR and removed at exit (default /var/tmp)\n"
-      "  --reps N             repetitions, round-robin over configurations (default 3)\n"
-      "  --origin-size SIZE   origin size for the write parts, K/M/G suffixes binary (default 1G)\n"
-      "  --seconds S          time cap of one write measurement (default 3)\n"
-      "  --snapshots LIST     snapshot counts, comma separated (default 0,1,2,4,8)\n"
-      "  --chunks LIST        chunk sizes in KiB (default 4,64)\n"
-      "  --parts LIST         any of rand,seq,load,mem (default all)\n"
-      "  --exceptions N       exceptions in the load and mem parts (default 1000000)\n"
-      "  --cow-prefill SIZE   write data over the first SIZE bytes of every COW file before creating the\n"
-      "                       snapshot (an allocated COW, like a logical volume); default 0: sparse files\n"
-      "  --model R,W,F        add fixed latencies (microseconds) to every read, write and flush of the "
-      "write\n"
-      "                       parts (engine FaultDevice), for comparing algorithms on a predictable device\n"
-      "  --csv FILE           also write every write measurement to FILE\n"
-      "  -h, --help           this text\n");
-}
-
 Options parse(int argc, char** argv) {
+  namespace po = boost::program_options;
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) die(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "-h" || a == "--help") {
-      usage();
-      std::exit(0);
-    } else if (a == "--workdir") {
-      o.workdir = value();
-    } else if (a == "--reps") {
-      o.reps = static_cast<unsigned>(std::stoul(value()));
-    } else if (a == "--origin-size") {
-      o.origin_bytes = size_or_die(value());
-    } else if (a == "--seconds") {
-      o.seconds = std::stod(value());
-    } else if (a == "--snapshots") {
-      o.snapshots.clear();
-      for (auto& s : split(value())) o.snapshots.push_back(static_cast<unsigned>(std::stoul(s)));
-    } else if (a == "--chunks") {
-      o.chunks_kib.clear();
-      for (auto& s : split(value())) o.chunks_kib.push_back(std::stoull(s));
-    } else if (a == "--parts") {
-      o.parts = split(value());
-    } else if (a == "--model") {
-      const auto v = split(value());
-      if (v.size() != 3) die("--model takes READ_US,WRITE_US,FLUSH_US");
-      o.model = std::array<unsigned, 3>{static_cast<unsigned>(std::stoul(v[0])),
-                                        static_cast<unsigned>(std::stoul(v[1])),
-                                        static_cast<unsigned>(std::stoul(v[2]))};
-    } else if (a == "--cow-prefill") {
-      o.cow_prefill = size_or_die(value());
-    } else if (a == "--exceptions") {
-      o.exceptions = std::stoull(value());
-    } else if (a == "--csv") {
-      o.csv = value();
-    } else {
-      die("unknown argument '" + a + "' (see --help)");
-    }
+  std::string origin_size = "1G", snapshots = "0,1,2,4,8", chunks = "4,64", parts = "rand,seq,load,mem";
+  std::string prefill = "0", model;
+  po::options_description options("Options");
+  options.add_options()("workdir", po::value(&o.workdir),
+                        "scratch directory is made inside DIR and removed at exit (default /var/tmp)")(
+      "reps", po::value(&o.reps), "repetitions, round-robin over configurations (default 3)")(
+      "origin-size", po::value(&origin_size),
+      "origin size for the write parts, K/M/G suffixes binary (default 1G)")(
+      "seconds", po::value(&o.seconds), "time cap of one write measurement (default 3)")(
+      "snapshots", po::value(&snapshots), "snapshot counts, comma separated (default 0,1,2,4,8)")(
+      "chunks", po::value(&chunks), "chunk sizes in KiB (default 4,64)")(
+      "parts", po::value(&parts), "any of rand,seq,load,mem (default all)")(
+      "exceptions", po::value(&o.exceptions), "exceptions in the load and mem parts (default 1000000)")(
+      "cow-prefill", po::value(&prefill),
+      "write data over the first SIZE bytes of every COW file before creating the snapshot (an allocated "
+      "COW, like a logical volume); default 0: sparse files")(
+      "model", po::value(&model),
+      "R,W,F: add fixed latencies (microseconds) to every read, write and flush of the write parts (engine "
+      "FaultDevice), for comparing algorithms on a predictable device")(
+      "csv", po::value(&o.csv), "also write every write measurement to FILE");
+  parse_options(argc, argv, "Usage: snapshot_bench [OPTIONS]", options);
+  o.origin_bytes = size_or_die(origin_size);
+  o.cow_prefill = size_or_die(prefill);
+  o.snapshots.clear();
+  for (uint64_t n : numbers_or_die("--snapshots", snapshots)) o.snapshots.push_back(static_cast<unsigned>(n));
+  o.chunks_kib = numbers_or_die("--chunks", chunks);
+  o.parts = split(parts);
+  if (!model.empty()) {
+    const auto v = numbers_or_die("--model", model);
+    if (v.size() != 3) die("--model takes READ_US,WRITE_US,FLUSH_US");
+    o.model = std::array<unsigned, 3>{static_cast<unsigned>(v[0]), static_cast<unsigned>(v[1]),
+                                      static_cast<unsigned>(v[2])};
   }
   if (o.reps == 0) die("--reps must be at least 1");
   if (o.origin_bytes == 0 || o.origin_bytes % kMiB != 0)
