@@ -203,12 +203,14 @@ struct ViewServer::Impl {
     fuse_loop_cfg_set_clone_fd(config, 0);
     fuse_session_loop_mt(session, config);
     fuse_loop_cfg_destroy(config);
+    // The owner's callback runs before the end is announced, so whoever wait_unmounted() releases finds it
+    // done.
+    if (options.on_unmounted) options.on_unmounted();
     {
       std::lock_guard lock(mutex);
       loop_ended = true;
       changed.notify_all();
     }
-    if (options.on_unmounted) options.on_unmounted();
   }
 };
 
