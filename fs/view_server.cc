@@ -540,14 +540,22 @@ Result<std::unique_ptr<ViewServer>> ViewServer::mount(MountOptions options) {
   struct stat st {};
   if (::stat(mp.c_str(), &st) != 0) return Error::from_errno(errno, "mount " + mp);
   if (!S_ISDIR(st.st_mode)) return Error::from_errno(ENOTDIR, "mount " + mp);
-  if (options.fsname.empty() || options.fsname.find_first_of(",\\ ") != std::string::npos)
-    return Error::invalid("mount " + mp + ": invalid fsname '" + options.fsname + "'");
+  if (options.fsname.empty()) return Error::invalid("mount " + mp + ": the fsname is empty");
 
   std::unique_ptr<ViewServer> server(new ViewServer(std::move(options)));
   Impl& impl = *server->impl_;
-  std::string opts = "fsname=";
-  opts += server->options_.fsname;
-  opts += ",subtype=kcopyfs,default_permissions";
+  // libfuse splits -o at commas and undoes backslash escapes, so a path with commas or backslashes (a state
+  // directory, say) must be escaped to arrive whole; spaces need nothing (no shell is involved).
+  auto escaped = [](const std::string& value) {
+    std::string out;
+    for (char c : value) {
+      if (c == ',' || c == '\\') out += '\\';
+      out += c;
+    }
+    return out;
+  };
+  std::string opts = "fsname=" + escaped(server->options_.fsname) + ",default_permissions";
+  if (!server->options_.subtype.empty()) opts += ",subtype=" + escaped(server->options_.subtype);
   if (server->options_.allow_other) opts += ",allow_other";
   const char* argv[] = {"kcopyfs", "-o", opts.c_str(), nullptr};
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
@@ -616,6 +624,14 @@ void ViewServer::unmount() {
     for (Handle* h : left) h->node->opens--;
   }
   for (Handle* h : left) delete h;
+  // The owner closes its volumes after unmount(): drop every reference to them now.
+  std::lock_guard lock(impl.mutex);
+  for (auto& dir : impl.dirs) dir.clear();
+  for (auto& [ino, node] : impl.inodes) {
+    node->io.reset();
+    node->removed = true;
+  }
+  impl.inodes.clear();
 }
 
 bool ViewServer::wait_unmounted(std::chrono::milliseconds timeout) {
@@ -686,6 +702,23 @@ Status ViewServer::remove_volume(VolumeKind kind, const std::string& name,
     return fuse_lowlevel_notify_delete(se, dir_ino(k), ino, name.c_str(), name.size());
   });
   return {};
+}
+
+std::string ViewServer::wait_unused(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(impl_->mutex);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto open_one = [&]() -> std::string {
+    for (int k = 0; k < kKinds; ++k) {
+      for (const auto& [name, node] : impl_->dirs[k]) {
+        if (node->opens != 0) return std::string(directory_name(static_cast<VolumeKind>(k))) + "/" + name;
+      }
+    }
+    return "";
+  };
+  std::string open = open_one();
+  while (!open.empty() && impl_->changed.wait_until(lock, deadline) != std::cv_status::timeout)
+    open = open_one();
+  return open_one();
 }
 
 Status ViewServer::invalidate_cache(VolumeKind kind, const std::string& name) {

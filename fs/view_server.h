@@ -56,7 +56,10 @@ struct MountOptions {
   // are then 0660 (0440 read-only) instead of 0600 (0400), and the kernel checks these modes
   // (default_permissions).
   bool allow_other = false;
-  std::string fsname = "kcopyfs";  // shown as the source in /proc/mounts
+  // Shown as the source in /proc/mounts (any non-empty text: commas and backslashes are escaped for libfuse).
+  std::string fsname = "kcopyfs";
+  // Non-empty: the mount's type is fuse.SUBTYPE instead of fuse, so tools can tell its mounts apart.
+  std::string subtype;
   unsigned max_idle_threads = 16;
   unsigned max_threads = 64;
   unsigned max_background = 64;  // concurrent background (async) requests the kernel may send
@@ -84,12 +87,16 @@ class ViewServer {
                        std::chrono::milliseconds wait_for_close = std::chrono::milliseconds(0));
   // Drops the kernel's cached pages of a keep_cache view (after its volume changed).
   Status invalidate_cache(VolumeKind kind, const std::string& name);
+  // Waits (up to timeout) until no view is open. Result: "" once none is, else "DIR/name" of one still open.
+  // As for remove_volume, the kernel reports closes asynchronously: a short wait covers closes just made.
+  std::string wait_unused(std::chrono::milliseconds timeout);
   // How many opens of DIR/name are live (ENOENT if absent).
   Result<unsigned> open_count(VolumeKind kind, const std::string& name) const;
 
   // Unmounts and stops serving; idempotent. If the mount is busy (files open, a process inside), it is
   // detached lazily and its connection aborted, so this always returns and processes still using the mount
-  // get ENOTCONN. Waits for all I/O in flight to complete. Does nothing when called from on_unmounted (the
+  // get ENOTCONN. Waits for all I/O in flight to complete; afterwards the server holds no reference to any
+  // volume, so their owner may close them. Does nothing when called from on_unmounted (the
   // loop thread cannot wait for itself).
   void unmount();
   // Waits until the session loop has ended (kernel-side unmount or unmount()); false on timeout.

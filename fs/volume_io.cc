@@ -90,7 +90,7 @@ void VolumeIo::start_write(const std::shared_ptr<WriteOp>& op) {
   const uint64_t tail_block = op->end - block_;
   const bool two = op->head_partial && op->tail_partial && tail_block != head_block;
   auto edges = std::make_shared<AlignedBuffer>(block_ * (two ? 2 : 1));
-  auto fan = std::make_shared<FanIn>(1, [this, op, edges, two, head_block, tail_block](std::error_code ec) {
+  auto fan = std::make_shared<FanIn>(1, [this, op, edges, two, tail_block](std::error_code ec) {
     if (ec) {
       const int err = errno_of(ec);
       locks_.unlock(op->ticket);

@@ -43,6 +43,11 @@ DiskLog::DiskLog(BlockDevice& device, const RegionGeometry& geometry, SyncMode m
   buffer_.reset(p);
 }
 
+Bytes DiskLog::device_size_for(Sector mirror_size, Sector region_size) {
+  const uint64_t regions = (mirror_size.value() + region_size.value() - 1) / region_size.value();
+  return disk_log_format::io_bytes(regions, 4096);
+}
+
 Result<std::unique_ptr<DiskLog>> DiskLog::open(BlockDevice& log_device, Sector region_size,
                                                Sector mirror_size, SyncMode mode, FlushLegs flush_legs) {
   const std::string rule = check_region_size(region_size, mirror_size);

@@ -49,6 +49,10 @@ class DiskLog final : public BitsetLog {
   static Result<std::unique_ptr<DiskLog>> open(BlockDevice& log_device, Sector region_size,
                                                Sector mirror_size, SyncMode mode, FlushLegs flush_legs);
 
+  // The log device size a mirror of mirror_size sectors needs: header and bitset rounded up to 4 KiB (so the
+  // same file serves any logical block size up to 4 KiB).
+  static Bytes device_size_for(Sector mirror_size, Sector region_size);
+
   // Waits for a flush in flight (and its callbacks), so it must not run on an I/O completion thread. Writes
   // nothing: the kernel's log is flushed by the mirror's suspend, not by its destruction.
   ~DiskLog() override;

@@ -144,6 +144,14 @@ Snapshot* Origin::find_snapshot(const std::string& name) const {
   return nullptr;
 }
 
+std::optional<SnapshotStatus> Origin::snapshot_status(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  for (const auto& s : snapshots_) {
+    if (s->name() == name) return s->status_locked();
+  }
+  return std::nullopt;
+}
+
 std::vector<Snapshot*> Origin::snapshots() const {
   std::lock_guard lock(mutex_);
   std::vector<Snapshot*> out;

@@ -23,6 +23,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -78,6 +79,9 @@ class Origin final : public BlockDevice {
   MergeProgress merge_progress() const;
 
   Snapshot* find_snapshot(const std::string& name) const;
+  // The status of the snapshot called name, if the origin still has it: unlike find_snapshot()->status(),
+  // safe while a merge may finish (and drop the snapshot) at any moment.
+  std::optional<SnapshotStatus> snapshot_status(const std::string& name) const;
   std::vector<Snapshot*> snapshots() const;
   const BlockDevice& device() const { return *device_; }
 

@@ -422,6 +422,14 @@ Result<PersistentHeader> PersistentStore::read_header(BlockDevice& cow) {
   return PersistentHeader{h.valid != 0, Sector(h.chunk_size)};
 }
 
+Bytes PersistentStore::device_size_for(Bytes origin_size, Sector chunk_size) {
+  const uint64_t chunk_bytes = to_bytes(chunk_size).value();
+  const uint64_t data = (origin_size.value() + chunk_bytes - 1) / chunk_bytes;
+  const uint64_t epa = cow_format::exceptions_per_area(chunk_size);
+  const uint64_t areas = (data + epa - 1) / epa + 1;  // +1: the next area is zeroed before one fills
+  return Bytes((cow_format::kHeaderChunks + areas + data) * chunk_bytes);
+}
+
 Result<std::unique_ptr<PersistentStore>> PersistentStore::create(BlockDevice& cow, Sector chunk_size) {
   const uint32_t block = cow.logical_block_size();
   const std::string rule = check_chunk_size(chunk_size, block, block);

@@ -48,6 +48,10 @@ class PersistentStore final : public ExceptionStore {
   static Result<std::unique_ptr<PersistentStore>> open(BlockDevice& cow, Sector origin_size,
                                                        const std::function<void(const Exception&)>& each);
 
+  // The COW size that can hold an exception for every chunk of an origin of origin_size (header, data
+  // chunks, their metadata areas and the zeroed next area): such a store never overflows on origin writes.
+  static Bytes device_size_for(Bytes origin_size, Sector chunk_size);
+
   // Waits for the store's own I/O still in flight, so it must not run on an I/O completion thread.
   ~PersistentStore() override;
 

@@ -36,6 +36,10 @@ Snapshot::~Snapshot() = default;
 
 SnapshotStatus Snapshot::status() const {
   std::lock_guard lock(origin_.mutex_);
+  return status_locked();
+}
+
+SnapshotStatus Snapshot::status_locked() const {
   SnapshotStatus s;
   s.valid = valid_;
   s.overflow = overflow_;

@@ -70,6 +70,7 @@ class Snapshot final : public BlockDevice {
 
   // All below: the origin's mutex held.
   bool active_locked() const { return valid_; }
+  SnapshotStatus status_locked() const;
   PendingException* find_pending_locked(ChunkIndex chunk);
   // Allocates a COW chunk for `chunk`. Result: nullptr when the store is full (the caller decides: invalidate
   // or overflow).

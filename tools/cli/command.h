@@ -11,6 +11,13 @@ namespace kcopyfs::cli {
 // args: the words after the verb.
 int run_copy(const std::vector<std::string>& args);
 int run_demo(const std::vector<std::string>& args);
+int run_mount(const std::vector<std::string>& args);
+int run_umount(const std::vector<std::string>& args);
+int run_origin(const std::vector<std::string>& args);
+int run_snapshot(const std::vector<std::string>& args);
+int run_mirror(const std::vector<std::string>& args);
+int run_remove(const std::vector<std::string>& args);
+int run_status(const std::vector<std::string>& args);
 
 // Prints "kcopyfs: VERB: message" on stderr; returns 1 (or `code`).
 int fail(const std::string& verb, const std::string& message, int code = 1);

@@ -22,6 +22,14 @@ struct Verb {
 };
 
 const Verb kVerbs[] = {
+    {"mount", "start the daemon of a state directory and mount its targets", run_mount},
+    {"umount", "flush everything, unmount, and stop the daemon", run_umount},
+    {"origin", "add a device as an origin (origin add)", run_origin},
+    {"snapshot", "create, attach or merge a snapshot (snapshot create|attach|merge)", run_snapshot},
+    {"mirror", "create, resync, replace or throttle a mirror (mirror create|resync|replace|throttle)",
+     run_mirror},
+    {"remove", "remove a target from a mount", run_remove},
+    {"status", "show the targets of a mount (--json for scripts)", run_status},
     {"copy", "copy a volume to up to 8 destinations with one read of the source", run_copy},
     {"demo", "show kcopyfs at work on sample images", run_demo},
 };

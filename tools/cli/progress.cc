@@ -6,9 +6,10 @@
 
 namespace kcopyfs::cli {
 
-Progress::Progress(std::string label, uint64_t total_bytes, std::FILE* out)
+Progress::Progress(std::string label, uint64_t total_bytes, std::FILE* out, uint64_t start_bytes)
     : label_(std::move(label)),
       total_(total_bytes),
+      start_bytes_(start_bytes),
       out_(out),
       tty_(::isatty(::fileno(out)) == 1),
       start_(std::chrono::steady_clock::now()) {}
@@ -31,7 +32,8 @@ void Progress::draw(uint64_t done_bytes, bool final) {
   drawn_ = true;
   last_bytes_ = done_bytes;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double rate = secs > 0 ? static_cast<double>(done_bytes) / secs : 0;
+  const uint64_t moved = done_bytes > start_bytes_ ? done_bytes - start_bytes_ : 0;
+  const double rate = secs > 0 ? static_cast<double>(moved) / secs : 0;
   const double fraction = total_ == 0 ? 1.0 : static_cast<double>(done_bytes) / static_cast<double>(total_);
   const int percent = static_cast<int>(fraction * 100);
   std::string eta = "--:--";

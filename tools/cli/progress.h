@@ -13,7 +13,8 @@ namespace kcopyfs::cli {
 
 class Progress {
  public:
-  Progress(std::string label, uint64_t total_bytes, std::FILE* out = stderr);
+  // start_bytes: what was done before this Progress began (a resync under way), left out of the rate.
+  Progress(std::string label, uint64_t total_bytes, std::FILE* out = stderr, uint64_t start_bytes = 0);
   // done_bytes: how much is finished. Redraws when enough time has passed (or force).
   void update(uint64_t done_bytes, bool force = false);
   // Draws the final state and ends the line.
@@ -24,6 +25,7 @@ class Progress {
 
   std::string label_;
   uint64_t total_;
+  uint64_t start_bytes_;
   std::FILE* out_;
   bool tty_;
   std::chrono::steady_clock::time_point start_;

@@ -7,7 +7,7 @@ KCOPYFS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 KCOPYFS_PACKAGES=(
   cmake g++ make pkg-config
   liburing-dev libfuse3-dev fuse3 libboost-program-options-dev libgtest-dev nlohmann-json3-dev
-  e2fsprogs util-linux
+  e2fsprogs util-linux fuse2fs nbdkit libnbd-bin
 )
 
 kcopyfs_install_missing() {
