@@ -67,6 +67,8 @@ Result<std::unique_ptr<BlockDevice>> open_device(const std::string& path) {
   if (Status s = check_device_path(path); !s) return s.error();
   auto dev = FileDevice::open(path, OpenOptions{});
   if (!dev) return dev.error();
+  // As the kernel refuses a zero-length target: an empty volume is a mistake, not a volume.
+  if (dev.value()->size().value() == 0) return Error::invalid("device " + path + " is empty (0 bytes)");
   return std::unique_ptr<BlockDevice>(std::move(dev).value());
 }
 
@@ -531,7 +533,7 @@ Status TargetSet::create_mirror(const MirrorRequest& r) {
   if (r.legs.size() < kMinLegs || r.legs.size() > kMaxLegs)
     return Error::invalid("a mirror has 2 to 9 legs, not " + std::to_string(r.legs.size()));
   if (r.log != "disk" && r.log != "core") return Error::invalid("log must be disk or core, not " + r.log);
-  if (r.region_size.value() % kSectorSize != 0)
+  if (r.region_size.value() == 0 || r.region_size.value() % kSectorSize != 0)
     return Error::invalid("region size " + std::to_string(r.region_size.value()) +
                           " is not a multiple of 512 bytes");
 
@@ -550,6 +552,9 @@ Status TargetSet::create_mirror(const MirrorRequest& r) {
       if (!dev) return dev.error();
       smallest = std::min(smallest, dev.value()->size().value());
     }
+    if (std::string why = check_region_size(to_sectors(r.region_size), to_sectors(Bytes(smallest)));
+        !why.empty())
+      return Error::invalid(why);
     entry.log_device = default_path(r.name, ".log");
     entry.log_is_default = true;
     const Bytes log_size = DiskLog::device_size_for(to_sectors(Bytes(smallest)), to_sectors(r.region_size));

@@ -209,6 +209,10 @@ Result<std::vector<Section>> read_sections(std::string_view text, const std::str
         sections.push_back(Section{std::move(kind), std::move(name), {}});
       sections.back().keys.emplace_back(std::move(key), std::move(value));
     }
+  } catch (const po::invalid_config_file_syntax& e) {
+    // Not e.what(): Boost 1.74 loops forever substituting a line that itself holds "%invalid_line%".
+    return Error::invalid(source + ": invalid line '" + printable(e.tokens()) +
+                          "': neither 'key = value' nor '[KIND.NAME]'");
   } catch (const std::exception& e) {
     return Error::invalid(source + ": " + printable(e.what()));
   }

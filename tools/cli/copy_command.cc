@@ -200,7 +200,7 @@ int run_copy(const std::vector<std::string>& args) {
   if (throttle_percent < 1 || throttle_percent > 100)
     return fail(kVerb, "--throttle takes a percent from 1 to 100");
   uint64_t rate = 0;
-  if (!rate_text.empty()) {
+  if (vm.count("rate")) {
     auto r = parse_size(rate_text);
     if (!r || *r == 0)
       return fail(kVerb, "--rate takes a positive number of bytes per second, not '" + rate_text + "'");
