@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <limits.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 #include "engine/unique_fd.h"
 #include "fs/daemon/control_protocol.h"
 #include "fs/daemon/kcopyfs_mounts.h"
+#include "fs/daemon/socket_io.h"
 
 namespace kcopyfs::daemon {
 
@@ -48,68 +48,6 @@ Result<std::string> resolve(const std::string& path) {
     }
   }
   return Error::from_errno(err, path);
-}
-
-int remaining_ms(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return left > 0 ? static_cast<int>(left) : 0;
-}
-
-// Reads up to the first '\n' (excluded). Result: errno-style failure, ETIMEDOUT at the deadline, or 0.
-int read_line(int fd, Clock::time_point deadline, std::string& line, bool& got_eof) {
-  std::string buffer;
-  char chunk[16384];
-  got_eof = false;
-  for (;;) {
-    pollfd pfd = {fd, POLLIN, 0};
-    int ready = ::poll(&pfd, 1, remaining_ms(deadline));
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (ready == 0) return ETIMEDOUT;
-    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      // ECONNRESET after the data: the server closed without reading all we sent (it refused the request).
-      if (errno == ECONNRESET) got_eof = true;
-      line = std::move(buffer);
-      return got_eof ? 0 : errno;
-    }
-    if (n == 0) {
-      got_eof = true;
-      line = std::move(buffer);
-      return 0;
-    }
-    const size_t old_size = buffer.size();
-    buffer.append(chunk, static_cast<size_t>(n));
-    size_t newline = buffer.find('\n', old_size);
-    if (newline != std::string::npos) {
-      buffer.resize(newline);
-      line = std::move(buffer);
-      return 0;
-    }
-    if (buffer.size() > kMaxReply) return EMSGSIZE;
-  }
-}
-
-// Sends all of text before the deadline. Result: 0 or an errno (ETIMEDOUT at the deadline).
-int write_all(int fd, const std::string& text, Clock::time_point deadline) {
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::send(fd, text.data() + done, text.size() - done, MSG_NOSIGNAL);
-    if (n >= 0) {
-      done += static_cast<size_t>(n);
-      continue;
-    }
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
-    pollfd pfd = {fd, POLLOUT, 0};
-    int ready = ::poll(&pfd, 1, remaining_ms(deadline));
-    if (ready == 0) return ETIMEDOUT;
-    if (ready < 0 && errno != EINTR) return errno;
-  }
-  return 0;
 }
 
 }  // namespace
@@ -174,20 +112,19 @@ Result<nlohmann::json> call_daemon(const std::string& state_dir, const nlohmann:
   const int write_err = write_all(sock.get(), text, deadline);
   // Even when sending failed, a reply may be waiting: the daemon answers a refused request (permission, size)
   // without reading it all.
-  std::string line;
-  bool eof = false;
-  const int read_err = read_line(sock.get(), deadline, line, eof);
-  if (read_err == ETIMEDOUT)
+  const LineRead got = read_line(sock.get(), deadline, kMaxReply);
+  if (got.status == LineStatus::timed_out)
     return Error(std::error_code(ETIMEDOUT, std::generic_category()),
                  "the daemon serving " + state_dir + " did not reply in time");
-  if (read_err != 0 || (line.empty() && eof)) {
+  const int read_err = got.status == LineStatus::too_long ? EMSGSIZE : got.error;
+  if (read_err != 0 || (got.line.empty() && got.status == LineStatus::eof)) {
     if (write_err != 0 && write_err != EPIPE && write_err != ECONNRESET)
       return Error::from_errno(write_err, "send to " + path);
     if (read_err != 0) return Error::from_errno(read_err, "receive from " + path);
     return Error(std::error_code(ECONNRESET, std::generic_category()),
                  "the daemon serving " + state_dir + " closed the connection without replying");
   }
-  nlohmann::json reply = nlohmann::json::parse(line, nullptr, false);
+  nlohmann::json reply = nlohmann::json::parse(got.line, nullptr, false);
   if (reply.is_discarded() || !reply.is_object())
     return Error(std::error_code(EPROTO, std::generic_category()), "the daemon's reply is not JSON");
   return reply;

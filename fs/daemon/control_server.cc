@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "fs/daemon/control_protocol.h"
+#include "fs/daemon/socket_io.h"
 
 namespace kcopyfs::daemon {
 
@@ -27,71 +28,12 @@ constexpr std::chrono::seconds kRequestDeadline(10);
 
 nlohmann::json error_reply(const std::string& message) { return {{"ok", false}, {"error", message}}; }
 
-// Milliseconds left until deadline, for poll(); 0 once it has passed.
-int remaining_ms(Clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return left > 0 ? static_cast<int>(left) : 0;
-}
-
-enum class ReadOutcome { line, too_long, timed_out, closed, woken };
-
-// Reads up to the first '\n' (excluded) from the non-blocking fd. Also watches wake_fd, so a shutdown does
-// not wait for a client that is slow to send its request.
-ReadOutcome read_request(int fd, int wake_fd, std::string& line) {
-  const Clock::time_point deadline = Clock::now() + kRequestDeadline;
-  std::string buffer;
-  char chunk[16384];
-  for (;;) {
-    pollfd fds[2] = {{fd, POLLIN, 0}, {wake_fd, POLLIN, 0}};
-    int ready = ::poll(fds, 2, remaining_ms(deadline));
-    if (ready < 0) {
-      if (errno == EINTR) continue;
-      return ReadOutcome::closed;
-    }
-    if (ready == 0) return ReadOutcome::timed_out;
-    if (fds[1].revents != 0) return ReadOutcome::woken;
-    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
-      return ReadOutcome::closed;
-    }
-    if (n == 0) return ReadOutcome::closed;
-    const size_t old_size = buffer.size();
-    buffer.append(chunk, static_cast<size_t>(n));
-    size_t newline = buffer.find('\n', old_size);
-    if (newline != std::string::npos) {
-      if (newline > kMaxRequest) return ReadOutcome::too_long;
-      buffer.resize(newline);
-      line = std::move(buffer);
-      return ReadOutcome::line;
-    }
-    if (buffer.size() > kMaxRequest) return ReadOutcome::too_long;
-  }
-}
-
-// Writes the whole text before the deadline; a peer that stops reading must not hold the server forever.
-void write_all(int fd, const std::string& text, Clock::time_point deadline) {
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::send(fd, text.data() + done, text.size() - done, MSG_NOSIGNAL);
-    if (n >= 0) {
-      done += static_cast<size_t>(n);
-      continue;
-    }
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return;
-    pollfd pfd = {fd, POLLOUT, 0};
-    int ready = ::poll(&pfd, 1, remaining_ms(deadline));
-    if (ready == 0) return;
-    if (ready < 0 && errno != EINTR) return;
-  }
-}
-
 void send_reply(int fd, const nlohmann::json& reply) {
   // replace: a handler's message with invalid UTF-8 (a path, say) must not make dump() throw.
   std::string text = reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text += '\n';
-  write_all(fd, text, Clock::now() + kRequestDeadline);
+  // A peer that stops reading must not hold the server beyond the deadline; a failed reply is just dropped.
+  (void)write_all(fd, text, Clock::now() + kRequestDeadline);
 }
 
 }  // namespace
@@ -191,23 +133,25 @@ void ControlServer::serve() {
       continue;
     }
 
-    std::string line;
-    switch (read_request(conn.get(), wake_fd_.get(), line)) {
-      case ReadOutcome::line:
+    // Watching wake_fd_ too, so a shutdown does not wait for a client that is slow to send its request.
+    const LineRead got = read_line(conn.get(), Clock::now() + kRequestDeadline, kMaxRequest, wake_fd_.get());
+    switch (got.status) {
+      case LineStatus::line:
         break;
-      case ReadOutcome::too_long:
+      case LineStatus::too_long:
         send_reply(conn.get(), error_reply("the request is longer than 1 MiB"));
         continue;
-      case ReadOutcome::timed_out:
+      case LineStatus::timed_out:
         send_reply(conn.get(), error_reply("the request did not arrive within 10 seconds"));
         continue;
-      case ReadOutcome::closed:
-        continue;
-      case ReadOutcome::woken:
+      case LineStatus::eof:
+      case LineStatus::error:
+        continue;  // the client is gone
+      case LineStatus::woken:
         return;  // shutting down, and the request was not complete: nothing is being served yet
     }
 
-    nlohmann::json request = nlohmann::json::parse(line, nullptr, false);
+    nlohmann::json request = nlohmann::json::parse(got.line, nullptr, false);
     nlohmann::json reply;
     if (request.is_discarded()) {
       reply = error_reply("the request is not JSON");

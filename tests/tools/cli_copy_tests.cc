@@ -2,20 +2,15 @@
 // a child process with its stdout, stderr, exit status and resource usage captured.
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
-#include <spawn.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cstring>
 #include <iostream>
 #include <optional>
@@ -27,9 +22,8 @@
 #include <vector>
 
 #include "engine/file_device.h"
+#include "tests/support/run_command.h"
 #include "tests/support/test_support.h"
-
-extern char** environ;
 
 namespace kcopyfs {
 namespace {
@@ -41,90 +35,17 @@ constexpr uint64_t kMiB = 1024 * 1024;
 constexpr auto kTimeout = std::chrono::seconds(60);
 constexpr const char* kPrefix = "kcopyfs: copy: ";
 
-struct RunResult {
-  int exit_code = -1;  // -1: killed by a signal or timed out
-  bool timed_out = false;
-  std::string out;
-  std::string err;
-  rusage usage{};
-  double seconds = 0;
-};
+using RunResult = test::CommandResult;
 
 // Runs the kcopyfs binary with args, waiting at most kTimeout (then it is killed and the test fails).
 RunResult run_kcopyfs(const std::vector<std::string>& args) {
-  RunResult result;
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ADD_FAILURE() << "pipe2: " << std::strerror(errno);
-    return result;
-  }
-  UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]), err_read(err_pipe[0]), err_write(err_pipe[1]);
-
-  std::vector<std::string> words{KCOPYFS_BINARY};
-  words.insert(words.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& w : words) argv.push_back(w.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, err_write.get(), 2);
-  const auto start = std::chrono::steady_clock::now();
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, KCOPYFS_BINARY, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    ADD_FAILURE() << "posix_spawn " << KCOPYFS_BINARY << ": " << std::strerror(rc);
-    return result;
-  }
-  out_write.reset();
-  err_write.reset();
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-
-  const auto deadline = start + kTimeout;
-  bool exited = false;
-  while (out_read.valid() || err_read.valid() || !exited) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      result.timed_out = true;
-      break;
-    }
-    pollfd fds[3] = {{out_read.get(), POLLIN, 0}, {err_read.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-    if (exited) fds[2].fd = -1;
-    const int n = ::poll(fds, 3, static_cast<int>(left.count()));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      ADD_FAILURE() << "poll: " << std::strerror(errno);
-      result.timed_out = true;
-      break;
-    }
-    UniqueFd* pipes[2] = {&out_read, &err_read};
-    std::string* sinks[2] = {&result.out, &result.err};
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
-      if (got > 0) {
-        sinks[i]->append(buf, static_cast<size_t>(got));
-      } else if (got == 0 || errno != EINTR) {
-        pipes[i]->reset();
-      }
-    }
-    if (fds[2].fd >= 0 && fds[2].revents != 0) exited = true;
-    if (!pidfd.valid()) exited = true;  // no pidfd: rely on the pipes closing, then a blocking wait4
-  }
-  if (result.timed_out) {
-    ::kill(pid, SIGKILL);
+  std::vector<std::string> argv{KCOPYFS_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult result = test::run_command(argv, kTimeout);
+  if (!result.started) ADD_FAILURE() << result.err;
+  if (result.timed_out)
     ADD_FAILURE() << "kcopyfs did not finish within " << kTimeout.count()
                   << " s; stderr so far: " << result.err;
-  }
-  int status = 0;
-  ::wait4(pid, &status, 0, &result.usage);
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  if (!result.timed_out && WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
   return result;
 }
 

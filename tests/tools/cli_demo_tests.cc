@@ -55,11 +55,9 @@ TEST(CliDemo, TellsTheWholeStoryAndRemovesAllItMade) {
   if (::geteuid() != 0 && ::access("/dev/fuse", R_OK | W_OK) != 0)
     GTEST_SKIP() << "/dev/fuse is not usable by this user, so kcopyfs cannot mount";
   const std::set<std::string> before = demo_dirs();
-  const auto start = Clock::now();
   const CommandResult r = run_kcopyfs({"demo", kBase}, std::chrono::seconds(120));
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   ASSERT_EQ(r.exit_code, 0) << r;
-  EXPECT_LT(seconds, 60) << "the demo should take well under a minute";
+  EXPECT_LT(r.seconds, 60) << "the demo should take well under a minute";
   EXPECT_FALSE(contains(r.err, "kcopyfs: demo:")) << r;
 
   std::smatch m;

@@ -8,7 +8,6 @@
 // when it fails. Random choices come from seeds printed in the output; KCOPYFS_SCENARIO_SEED=N repeats a run.
 #include <fcntl.h>
 #include <poll.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -243,18 +242,8 @@ class Background {
  public:
   Background(const std::vector<std::string>& args, const std::string& log) : log_(log) {
     for (const auto& a : args) command_ += (command_.empty() ? "" : " ") + a;
-    std::vector<std::string> words = args;
-    std::vector<char*> argv;
-    for (auto& w : words) argv.push_back(w.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    const int rc = ::posix_spawnp(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) pid_ = -1;
+    UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+    if (!log_fd.valid() || test::spawn_program(args, log_fd.get(), log_fd.get(), &pid_) != 0) pid_ = -1;
   }
   ~Background() {
     if (pid_ > 0) wait(0ms);
@@ -309,6 +298,27 @@ class Teardown {
 
 CommandResult run_tool(const std::vector<std::string>& args, std::chrono::milliseconds timeout = 60s) {
   return run_command(args, timeout);
+}
+
+// The mount after a SIGKILL of the daemon, its dead mount still in place: kcopyfs mount clears that by
+// itself, leaving one mount on the mountpoint. When it does not (reported), the dead mount is cleared by hand
+// so the test can still check the data; a failure then is fatal (call it in ASSERT_NO_FATAL_FAILURE).
+void remount_after_kill(KcopyfsMount& m) {
+  const CommandResult mount = m.mount();
+  EXPECT_TRUE(mount.ok()) << "mount after the SIGKILL: " << mount;
+  if (!mount.ok()) {
+    const CommandResult clear = m.umount();
+    const CommandResult again = m.mount();
+    ASSERT_TRUE(again.ok()) << clear << "\n" << again;
+  }
+  EXPECT_EQ(mounts_at(m.mnt()), 1) << "the dead mount of the killed daemon is still there under the new one";
+}
+
+// The last umount of a test: it succeeds and leaves nothing mounted on the mountpoint.
+void expect_clean_umount(KcopyfsMount& m) {
+  const CommandResult umount = m.umount();
+  EXPECT_TRUE(umount.ok()) << umount;
+  EXPECT_EQ(mounts_at(m.mnt()), 0);
 }
 
 // Unmounts dir if it is mounted (bounded; lazily as a last resort).
@@ -697,16 +707,7 @@ TEST(Scenario, SigkillDuringFsyncedWritesLosesNoAcknowledgedBlock) {
     EXPECT_TRUE(vfs_rc != 0 && vfs_errno == ENOTCONN)
         << "statvfs of the dead mount: " << (vfs_rc == 0 ? "succeeded" : std::strerror(vfs_errno));
     // ... and the next mount, with the dead mount still in place, clears it by itself.
-    const CommandResult mount = m.mount();
-    EXPECT_TRUE(mount.ok()) << "mount after the SIGKILL: " << mount;
-    if (!mount.ok()) {
-      // Reported above; clear the dead mount by hand so the data can still be checked.
-      const CommandResult clear = m.umount();
-      const CommandResult again = m.mount();
-      ASSERT_TRUE(again.ok()) << clear << "\n" << again;
-    }
-    EXPECT_EQ(mounts_at(m.mnt()), 1)
-        << "the dead mount of the killed daemon is still there under the new one";
+    ASSERT_NO_FATAL_FAILURE(remount_after_kill(m));
     ASSERT_NE(m.daemon_pid(), daemon);
 
     // Every acknowledged block is there.
@@ -737,9 +738,7 @@ TEST(Scenario, SigkillDuringFsyncedWritesLosesNoAcknowledgedBlock) {
     // A stacked dead mount (reported above) does not stop the rounds; lost data does.
     if (missing_blocks > 0 || snapshots_moved) break;
   }
-  const CommandResult umount = m.umount();
-  EXPECT_TRUE(umount.ok()) << umount;
-  EXPECT_EQ(mounts_at(m.mnt()), 0);
+  expect_clean_umount(m);
 }
 
 // A mount long after the SIGKILL, once the kernel's cached attributes of the dead mount have expired (so a
@@ -767,18 +766,9 @@ TEST(Scenario, DISABLED_MountLongAfterSigkillDetachesTheDeadMount) {
   struct stat st {};
   ASSERT_TRUE(wait_until([&] { return ::stat(m.mnt().c_str(), &st) != 0 && errno == ENOTCONN; }, 100s))
       << "stat of the dead mount never failed with ENOTCONN";
-  const CommandResult mount = m.mount();
-  EXPECT_TRUE(mount.ok()) << "mount after the SIGKILL: " << mount;
-  if (!mount.ok()) {
-    const CommandResult clear = m.umount();
-    const CommandResult again = m.mount();
-    ASSERT_TRUE(again.ok()) << clear << "\n" << again;
-  }
-  EXPECT_EQ(mounts_at(m.mnt()), 1);
+  ASSERT_NO_FATAL_FAILURE(remount_after_kill(m));
   EXPECT_TRUE(read_file_range(m.origin_view("o"), kMiB, 64 * kKiB) == pattern_bytes(701, 0, 64 * kKiB));
-  const CommandResult umount = m.umount();
-  EXPECT_TRUE(umount.ok()) << umount;
-  EXPECT_EQ(mounts_at(m.mnt()), 0);
+  expect_clean_umount(m);
 }
 
 // ---------------------------------------------------------------------------------------------------------

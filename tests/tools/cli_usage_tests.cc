@@ -2,26 +2,17 @@
 // the one-line errors of arguments that are wrong before any daemon is asked (sizes, NAMEs, leg counts,
 // options), of paths that are not kcopyfs mounts, and of the fstab mount helper. The built binary runs as a
 // child process with its stdout, stderr and exit status captured.
-#include <fcntl.h>
-#include <poll.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <csignal>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
-#include "engine/unique_fd.h"
+#include "tests/support/run_command.h"
 #include "tests/support/test_support.h"
-
-extern char** environ;
 
 namespace kcopyfs {
 namespace {
@@ -30,67 +21,16 @@ using test::TempDir;
 
 constexpr auto kTimeout = std::chrono::seconds(30);
 
-struct RunResult {
-  int exit_code = -1;  // -1: killed by a signal or timed out
-  std::string out;
-  std::string err;
-};
+using RunResult = test::CommandResult;
 
-// Runs program with args (stdin from /dev/null), waiting at most kTimeout.
+// Runs program with args (stdin from /dev/null), waiting at most kTimeout (then it is killed and the test
+// fails).
 RunResult run(const std::string& program, const std::vector<std::string>& args) {
-  RunResult result;
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ADD_FAILURE() << "pipe2: " << std::strerror(errno);
-    return result;
-  }
-  UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]), err_read(err_pipe[0]), err_write(err_pipe[1]);
-  std::vector<std::string> words{program};
-  words.insert(words.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& w : words) argv.push_back(w.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, err_write.get(), 2);
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, program.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    ADD_FAILURE() << "posix_spawn " << program << ": " << std::strerror(rc);
-    return result;
-  }
-  out_write.reset();
-  err_write.reset();
-  // Read both pipes until they close (the child and any daemon it started have let go of them).
-  const auto deadline = std::chrono::steady_clock::now() + kTimeout;
-  while (out_read.valid() || err_read.valid()) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      ::kill(pid, SIGKILL);
-      ADD_FAILURE() << program << " did not finish within " << kTimeout.count() << " s";
-      break;
-    }
-    pollfd fds[2] = {{out_read.get(), POLLIN, 0}, {err_read.get(), POLLIN, 0}};
-    if (::poll(fds, 2, static_cast<int>(left.count())) < 0 && errno != EINTR) break;
-    UniqueFd* pipes[2] = {&out_read, &err_read};
-    std::string* sinks[2] = {&result.out, &result.err};
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
-      if (got > 0)
-        sinks[i]->append(buf, static_cast<size_t>(got));
-      else if (got == 0 || errno != EINTR)
-        pipes[i]->reset();
-    }
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  std::vector<std::string> argv{program};
+  argv.insert(argv.end(), args.begin(), args.end());
+  RunResult result = test::run_command(argv, kTimeout);
+  if (!result.started) ADD_FAILURE() << result.err;
+  if (result.timed_out) ADD_FAILURE() << program << " did not finish within " << kTimeout.count() << " s";
   return result;
 }
 

@@ -10,7 +10,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -35,129 +34,19 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/unique_fd.h"
+#include "tests/support/run_command.h"
 #include "tests/support/test_support.h"
 
 #ifndef KCOPYFS_BINARY
 #error "KCOPYFS_BINARY must be defined as the path of the built kcopyfs binary"
 #endif
 
-extern char** environ;
-
 namespace kcopyfs::test {
 
 using Clock = std::chrono::steady_clock;
-inline constexpr std::chrono::seconds kCommandTimeout(60);
 
-struct CommandResult {
-  std::string command;  // for messages
-  int exit_code = -1;   // -1: killed by a signal, timed out or could not start
-  bool timed_out = false;
-  std::string out;
-  std::string err;
-
-  bool ok() const { return exit_code == 0; }
-  // The lines of stderr (without their '\n').
-  std::vector<std::string> err_lines() const {
-    std::vector<std::string> lines;
-    std::istringstream in(err);
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-    return lines;
-  }
-  std::string describe() const {
-    return "`" + command + "` exit " + std::to_string(exit_code) + (timed_out ? " (timed out)" : "") +
-           "\nstdout: " + out + "\nstderr: " + err;
-  }
-};
-
-inline std::ostream& operator<<(std::ostream& os, const CommandResult& r) { return os << r.describe(); }
-
-// Runs argv (argv[0] looked up in PATH), stdin from /dev/null, and waits at most `timeout` for it to exit
-// (then it is killed and the result says timed_out). Output is collected until the process exits; whatever a
-// process it left behind (a daemon) writes later is not waited for.
-inline CommandResult run_command(const std::vector<std::string>& args,
-                                 std::chrono::milliseconds timeout = kCommandTimeout) {
-  CommandResult result;
-  for (const auto& a : args) result.command += (result.command.empty() ? "" : " ") + a;
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return result;
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ::close(out_pipe[0]);
-    ::close(out_pipe[1]);
-    return result;
-  }
-  UniqueFd out_read(out_pipe[0]), out_write(out_pipe[1]), err_read(err_pipe[0]), err_write(err_pipe[1]);
-  ::fcntl(out_read.get(), F_SETFL, O_NONBLOCK);
-  ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);
-
-  std::vector<std::string> words = args;
-  std::vector<char*> argv;
-  for (auto& w : words) argv.push_back(w.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out_write.get(), 1);
-  posix_spawn_file_actions_adddup2(&actions, err_write.get(), 2);
-  pid_t pid = -1;
-  const int rc = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    result.err = "posix_spawn " + args[0] + ": " + std::strerror(rc);
-    return result;
-  }
-  out_write.reset();
-  err_write.reset();
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-
-  auto drain = [&](UniqueFd& fd, std::string& sink) {
-    while (fd.valid()) {
-      char buf[4096];
-      const ssize_t n = ::read(fd.get(), buf, sizeof buf);
-      if (n > 0) {
-        sink.append(buf, static_cast<size_t>(n));
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else if (n < 0 && errno == EAGAIN) {
-        return;
-      } else {
-        fd.reset();  // EOF or error
-      }
-    }
-  };
-  const auto deadline = Clock::now() + timeout;
-  int status = 0;
-  bool reaped = false;
-  for (;;) {
-    const pid_t w = ::waitpid(pid, &status, WNOHANG);
-    if (w == pid) {
-      reaped = true;
-      break;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) {
-      result.timed_out = true;
-      break;
-    }
-    pollfd fds[3] = {{out_read.get(), POLLIN, 0}, {err_read.get(), POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
-    // Without a pidfd, wake up now and then to check on the child.
-    const int wait_ms = pidfd.valid() ? static_cast<int>(left.count()) : std::min<int>(20, left.count());
-    const int n = ::poll(fds, 3, wait_ms);
-    if (n < 0 && errno != EINTR) break;
-    drain(out_read, result.out);
-    drain(err_read, result.err);
-  }
-  if (!reaped) {
-    ::kill(pid, SIGKILL);
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
-  // Whatever the child wrote before it exited is in the pipes now.
-  drain(out_read, result.out);
-  drain(err_read, result.err);
-  if (!result.timed_out && reaped && WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
-  return result;
-}
-
+// CommandResult and run_command (any program, bounded): tests/support/run_command.h. This runs the built
+// kcopyfs with args.
 inline CommandResult run_kcopyfs(const std::vector<std::string>& args,
                                  std::chrono::milliseconds timeout = kCommandTimeout) {
   std::vector<std::string> words{KCOPYFS_BINARY};

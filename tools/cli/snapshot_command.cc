@@ -18,6 +18,19 @@ constexpr uint64_t kMaxChunk = 512 * 1024;
 
 bool power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
 
+// The arguments of create and attach, MOUNTPOINT ORIGIN NAME plus options, with both NAMEs checked. Result:
+// the parsed arguments, or the exit code when the verb is done already (help shown, or an error reported).
+std::variant<VerbArgs, int> parse_origin_and_name(const char* verb, const po::options_description& visible,
+                                                  const std::vector<std::string>& args) {
+  auto parsed = parse_verb_args(verb, visible, args, 3, 3);
+  if (const auto* verb_args = std::get_if<VerbArgs>(&parsed)) {
+    for (size_t i : {1, 2}) {
+      if (auto problem = name_problem(verb_args->words[i])) return fail(verb, *problem);
+    }
+  }
+  return parsed;
+}
+
 int snapshot_create(const std::vector<std::string>& args) {
   constexpr const char* kVerb = "snapshot create";
   po::options_description visible(
@@ -34,13 +47,10 @@ int snapshot_create(const std::vector<std::string>& args) {
       "cow-size", po::value<std::string>(&cow_size_text), "bound the default COW file to SIZE")(
       "transient", "keep the exceptions in memory only; the snapshot is dropped at unmount")(
       "writable", "make the snapshot's view read-write");
-  auto parsed = parse_verb_args(kVerb, visible, args, 3, 3);
+  auto parsed = parse_origin_and_name(kVerb, visible, args);
   if (auto* code = std::get_if<int>(&parsed)) return *code;
   const auto& vm = std::get<VerbArgs>(parsed).options;
   const auto& words = std::get<VerbArgs>(parsed).words;
-  for (size_t i : {1, 2}) {
-    if (auto problem = name_problem(words[i])) return fail(kVerb, *problem);
-  }
   const auto chunk = parse_size(chunk_text);
   if (!chunk || !power_of_two(*chunk) || *chunk < kMinChunk || *chunk > kMaxChunk)
     return fail(kVerb, "--chunk-size takes a power of two from 4K to 512K, not '" + chunk_text + "'");
@@ -74,13 +84,10 @@ int snapshot_attach(const std::vector<std::string>& args) {
   visible.add_options()("help,h", "show this help")("cow", po::value<std::string>(&cow)->required(),
                                                     "the COW DEVICE (a file or block device)")(
       "writable", "make the snapshot's view read-write");
-  auto parsed = parse_verb_args(kVerb, visible, args, 3, 3);
+  auto parsed = parse_origin_and_name(kVerb, visible, args);
   if (auto* code = std::get_if<int>(&parsed)) return *code;
   const auto& vm = std::get<VerbArgs>(parsed).options;
   const auto& words = std::get<VerbArgs>(parsed).words;
-  for (size_t i : {1, 2}) {
-    if (auto problem = name_problem(words[i])) return fail(kVerb, *problem);
-  }
   const nlohmann::json request = {{"op", "snapshot_attach"},
                                   {"origin", words[1]},
                                   {"name", words[2]},
