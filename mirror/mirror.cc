@@ -313,12 +313,18 @@ void Mirror::leg_write_done(const std::shared_ptr<WriteOp>& w, unsigned leg, std
       w->any_ok = true;
     }
     if (--w->pending > 0) return;
+    bool quiesced = false;
     for (uint64_t r = w->first.value(); r <= w->last.value(); ++r) {
       const RegionIndex region(r);
       // A leg missed this write: the region must be copied again among the legs left.
       if (w->any_failed) hash_->mark_nosync(region);
-      if (hash_->end_write(region)) start_copy_locked(region, after);
+      if (hash_->end_write(region)) {
+        start_copy_locked(region, after);
+        quiesced = true;
+      }
     }
+    // A copy that could not start may have emptied the resync window.
+    if (quiesced) wake_if_resync_idle_locked();
     io_done_locked();
     result = w->any_ok ? 0 : EIO;
   }

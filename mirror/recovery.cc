@@ -52,6 +52,7 @@ void Mirror::start_resync() {
       rate_start_bytes_ = bytes_resynced_;
     }
     schedule_recovery_locked(after);
+    wake_if_resync_idle_locked();
   }
   run(after);
 }
@@ -135,6 +136,7 @@ void Mirror::copy_done(RegionIndex r, unsigned source, const std::vector<unsigne
     }
     finish_recovery_locked(r, ok, after);
     schedule_recovery_locked(after);
+    wake_if_resync_idle_locked();
   }
   run(after);
 }
@@ -145,7 +147,14 @@ void Mirror::finish_recovery_locked(RegionIndex r, bool ok, Actions& after) {
   for (auto& p : released) after.push_back(std::move(p));
   log_touched_ = true;
   --copies_in_flight_;
-  changed_.notify_all();
+  // Every waiter on changed_ waits for the window to empty; waking them once per region made a thread switch
+  // per region on a busy machine (the kcopyd worker is on every copy's path).
+  if (copies_in_flight_ == 0) changed_.notify_all();
+}
+
+void Mirror::wake_if_resync_idle_locked() {
+  // Only once the window is empty after refilling: waking the update pass whenever it empties for a moment
+  // (every region with a window of 1) wrote the log, and flushed the legs, once per region.
   if (copies_in_flight_ == 0) wake_.notify_all();
 }
 

@@ -59,7 +59,6 @@ TEST(KcopydZero, ZeroLengthCopyAndZeroCompleteWithoutErrors) {
   auto src = Image::with_pattern(dir.file("src"), 64 * KiB, 44);
   auto dst = Image::with_pattern(dir.file("dst"), 64 * KiB, 45);
   auto client = make_client();
-  std::atomic<int> calls{0};
   std::atomic<bool> on_submitter{false};
   Callbacks cb(2);
   const auto me = std::this_thread::get_id();

@@ -335,6 +335,58 @@ TEST(MirrorTest, WritesToARegionUnderRecoveryWaitForIt) {
   EXPECT_EQ(slice(legs.image(1), 0, kRegionBytes), d);
 }
 
+TEST(MirrorTest, ResyncKeepsTheDefaultWindowOfRegionsInFlight) {
+  LegSet legs(2, 2 * MirrorOptions{}.resync_window, {1, 2});
+  auto o = test_options();
+  o.start_resync = false;
+  auto m = make_core_mirror(legs, SyncMode::by_log, o);
+  // Slow reads of the source: every region of the first window is handed out before any copy ends.
+  legs.fault(0).set_latency(FaultDevice::Op::read, 300ms);
+  m->start_resync();
+  ASSERT_TRUE(m->wait_in_sync(kMirrorTimeout));
+  // One read per 64 KiB region: the window, not the kcopyd pool, bounds the copies in flight (a lower bound
+  // short of the whole window, in case a busy machine delays the worker while it hands out the first ones).
+  const unsigned window = MirrorOptions{}.resync_window;
+  EXPECT_GE(window, 64u);
+  EXPECT_LE(legs.fault(0).peak_in_flight(FaultDevice::Op::read), window);
+  EXPECT_GT(legs.fault(0).peak_in_flight(FaultDevice::Op::read), window / 2);
+  m.reset();
+  EXPECT_EQ(legs.image(0), legs.image(1));
+}
+
+TEST(MirrorTest, ResyncedRegionsReachTheDiskLogInBatchesNotOneWriteEach) {
+  LegSet legs(2, 64, {1, 2});
+  const std::string log_path = legs.file("log.img");
+  make_sparse_file(log_path, 1 << 20);
+  auto log_file = FileDevice::open(log_path, OpenOptions{});
+  ASSERT_TRUE(log_file.ok());
+  FaultDevice log_dev(*log_file.value());
+  for (unsigned window : {1u, 32u}) {
+    auto o = test_options();
+    o.resync_window = window;
+    o.start_resync = false;
+    o.update_interval = 1h;  // only the pass at the end of the resync writes the log
+    auto m = make_disk_mirror(legs, log_dev, SyncMode::force_sync, o);
+    ASSERT_TRUE(m.ok()) << m.error().message();
+    log_dev.clear_records();
+    legs.fault(0).clear_records();
+    m.value()->start_resync();
+    ASSERT_TRUE(m.value()->wait_in_sync(kMirrorTimeout));
+    // 64 regions completed: the log is written (and the legs flushed before it) once the resync has gone
+    // idle, not once per region, even when the window is one region and so empties after every copy.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (count_ops(log_dev, FaultDevice::Op::write) == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(100ms);
+    EXPECT_GE(count_ops(log_dev, FaultDevice::Op::write), 1u) << "window " << window;
+    // A little slack for a spurious wake-up of the worker; one write per region would be 64.
+    EXPECT_LE(count_ops(log_dev, FaultDevice::Op::write), 4u) << "window " << window;
+    EXPECT_LE(count_ops(legs.fault(0), FaultDevice::Op::flush), 4u) << "window " << window;
+    m.value().reset();
+    EXPECT_EQ(legs.image(0), legs.image(1));
+  }
+}
+
 TEST(MirrorTest, ThrottleChangesDuringAResync) {
   LegSet legs(2, 64, {1, 2});  // 4 MiB
   auto o = test_options();

@@ -11,7 +11,7 @@ Usage: tools/bench/mirror.sh [OPTIONS] [-- MIRROR_BENCH_ARGS...]
 
 Runs mirror_bench once and prints its tables. In one run, interleaved round-robin in a rotating order, page
 cache dropped before every measurement (root only), O_DIRECT image files in a scratch directory:
-  (1) resync of a 2-leg mirror (core log, leg 0 random data, leg 1 different) with resync_window 1 and 8,
+  (1) resync of a 2-leg mirror (core log, leg 0 random data, leg 1 different) with resync_window 1, 8 and 64,
       against fio's copy ceiling (1 MiB QD16 read of leg 0 and write of leg 1 at once, as copy.sh)
   (2) a forced resync throttled to 64 and 200 MiB/s: achieved rate against the cap
   (3) 1 MiB sequential writes QD4 and 4 KiB random writes QD16: raw device vs 2-leg in-sync mirror (disk log)
@@ -27,7 +27,7 @@ Options:
   -b, --bench PATH      mirror_bench binary (default build/tools/mirror_bench under the repository root)
   -h, --help            show this help
 Arguments after -- go to mirror_bench unchanged (see `mirror_bench --help`: --windows, --caps,
---throttle-seconds, --write-seconds, --dirty, --fio).
+--throttle-seconds, --write-seconds, --dirty, --fio, --resync-only).
 USAGE
 }
 

@@ -64,29 +64,32 @@ struct Options {
   double throttle_seconds = 3.0;
   double write_seconds = 3.0;
   uint64_t dirty = 64 * kMiB;
-  std::vector<unsigned> windows{1, 8};
+  std::vector<unsigned> windows{1, 8, 64};
   uint32_t kcopyd_pages = MirrorOptions{}.kcopyd_pages;
   std::string fio = "fio";
+  bool resync_only = false;
 };
 
 Options parse(int argc, char** argv) {
   namespace po = boost::program_options;
   Options o;
-  std::string size = "1G", caps = "64M,200M", dirty = "64M", windows = "1,8";
+  std::string size = "1G", caps = "64M,200M", dirty = "64M", windows = "1,8,64";
   po::options_description options("Options");
   options.add_options()("workdir", po::value(&o.workdir),
                         "scratch directory made inside DIR, removed at exit (default /var/tmp)")(
       "reps", po::value(&o.reps), "repetitions, round-robin over configurations (default 3)")(
       "size", po::value(&size), "leg size, K/M/G suffixes binary, multiple of 1 MiB (default 1G)")(
-      "windows", po::value(&windows), "resync windows to measure, comma separated (default 1,8)")(
+      "windows", po::value(&windows), "resync windows to measure, comma separated (default 1,8,64)")(
       "caps", po::value(&caps), "throttle caps in bytes/s, comma separated (default 64M,200M)")(
       "throttle-seconds", po::value(&o.throttle_seconds),
       "measured window of a throttled resync, after 0.5 s warm-up (default 3)")(
       "write-seconds", po::value(&o.write_seconds), "time cap of one write measurement (default 3)")(
       "dirty", po::value(&dirty), "bytes written (whole random regions) before the crash (default 64M)")(
       "kcopyd-pages", po::value(&o.kcopyd_pages),
-      "MirrorOptions::kcopyd_pages of the resync configurations (default 2048)")("fio", po::value(&o.fio),
-                                                                                 "fio binary (default fio)");
+      "MirrorOptions::kcopyd_pages of the resync configurations (default 8192)")(
+      "resync-only", po::bool_switch(&o.resync_only),
+      "measure (1) only: the fio ceiling and the resync windows, so many repetitions fit in little time")(
+      "fio", po::value(&o.fio), "fio binary (default fio)");
   parse_options(argc, argv, "Usage: mirror_bench [OPTIONS]", options);
   o.size = size_or_die(size);
   o.dirty = size_or_die(dirty);
@@ -426,18 +429,20 @@ int main(int argc, char** argv) {
     name += std::to_string(w);
     configs.push_back({name, [&o, &p, w] { return run_resync(o, p, w); }});
   }
-  for (uint64_t cap : o.caps) {
+  for (uint64_t cap : o.resync_only ? std::vector<uint64_t>{} : o.caps) {
     std::string name = "throttle-";
     name += std::to_string(cap / kMiB);
     name += "M";
     configs.push_back({name, [&o, &p, cap] { return run_throttle(o, p, cap); }});
   }
-  configs.push_back({"seq-raw", [&] { return run_writes(o, p, false, false); }});
-  configs.push_back({"seq-mirror", [&] { return run_writes(o, p, true, false); }});
-  configs.push_back({"rand-raw", [&] { return run_writes(o, p, false, true); }});
-  configs.push_back({"rand-mirror", [&] { return run_writes(o, p, true, true); }});
   unsigned crash_rep = 0;
-  configs.push_back({"crash", [&] { return run_crash(o, dir, p, self, crash_rep); }});
+  if (!o.resync_only) {
+    configs.push_back({"seq-raw", [&] { return run_writes(o, p, false, false); }});
+    configs.push_back({"seq-mirror", [&] { return run_writes(o, p, true, false); }});
+    configs.push_back({"rand-raw", [&] { return run_writes(o, p, false, true); }});
+    configs.push_back({"rand-mirror", [&] { return run_writes(o, p, true, true); }});
+    configs.push_back({"crash", [&] { return run_crash(o, dir, p, self, crash_rep); }});
+  }
 
   std::map<std::string, std::vector<Sample>> results;
   for (unsigned rep = 0; rep < o.reps; ++rep) {
@@ -492,45 +497,49 @@ int main(int argc, char** argv) {
                 med(name, &Sample::extra3));
   }
 
-  std::printf(
-      "\n(2) throttled forced resync: rate over %.1f s after 0.5 s warm-up\n%-14s %9s %9s %7s %7s %9s %14s\n",
-      o.throttle_seconds, "config", "cap MiB/s", "MiB/s", "min", "max", "x cap", "from start");
-  for (uint64_t cap : o.caps) {
-    std::string name = "throttle-";
-    name += std::to_string(cap / kMiB);
-    name += "M";
-    const auto [lo, hi] = range(name);
-    const double capm = static_cast<double>(cap) / kMiB;
-    const double m = med(name, &Sample::rate);
-    std::printf("%-14s %9.0f %9.1f %7.1f %7.1f %9.3f %14.1f\n", name.c_str(), capm, m, lo, hi, m / capm,
-                med(name, &Sample::extra));
-  }
+  if (!o.resync_only) {
+    std::printf(
+        "\n(2) throttled forced resync: rate over %.1f s after 0.5 s warm-up\n%-14s %9s %9s %7s %7s %9s "
+        "%14s\n",
+        o.throttle_seconds, "config", "cap MiB/s", "MiB/s", "min", "max", "x cap", "from start");
+    for (uint64_t cap : o.caps) {
+      std::string name = "throttle-";
+      name += std::to_string(cap / kMiB);
+      name += "M";
+      const auto [lo, hi] = range(name);
+      const double capm = static_cast<double>(cap) / kMiB;
+      const double m = med(name, &Sample::rate);
+      std::printf("%-14s %9.0f %9.1f %7.1f %7.1f %9.3f %14.1f\n", name.c_str(), capm, m, lo, hi, m / capm,
+                  med(name, &Sample::extra));
+    }
 
-  std::printf(
-      "\n(3) writes, raw leg-0 FileDevice vs 2-leg in-sync mirror (disk log), %.1f s cap, flush incl.\n",
-      o.write_seconds);
-  std::printf("%-28s %10s %10s %10s %16s\n", "workload", "raw", "mirror", "", "mirror x raw");
-  for (const auto& [label, raw, mir] :
-       {std::tuple<std::string, std::string, std::string>{"1 MiB seq QD4 (MiB/s)", "seq-raw", "seq-mirror"},
-        std::tuple<std::string, std::string, std::string>{"4 KiB rand QD16 (IOPS)", "rand-raw",
-                                                          "rand-mirror"}}) {
-    const double a = med(raw, &Sample::rate);
-    const double b = med(mir, &Sample::rate);
-    char ratio[40];
-    std::snprintf(ratio, sizeof ratio, "%.2f [%.2f]", b / a, paired(mir, raw));
-    std::printf("%-28s %10.0f %10.0f %10s %16s\n", label.c_str(), a, b, "", ratio);
-  }
+    std::printf(
+        "\n(3) writes, raw leg-0 FileDevice vs 2-leg in-sync mirror (disk log), %.1f s cap, flush incl.\n",
+        o.write_seconds);
+    std::printf("%-28s %10s %10s %10s %16s\n", "workload", "raw", "mirror", "", "mirror x raw");
+    for (const auto& [label, raw, mir] :
+         {std::tuple<std::string, std::string, std::string>{"1 MiB seq QD4 (MiB/s)", "seq-raw", "seq-mirror"},
+          std::tuple<std::string, std::string, std::string>{"4 KiB rand QD16 (IOPS)", "rand-raw",
+                                                            "rand-mirror"}}) {
+      const double a = med(raw, &Sample::rate);
+      const double b = med(mir, &Sample::rate);
+      char ratio[40];
+      std::snprintf(ratio, sizeof ratio, "%.2f [%.2f]", b / a, paired(mir, raw));
+      std::printf("%-28s %10.0f %10.0f %10s %16s\n", label.c_str(), a, b, "", ratio);
+    }
 
-  std::printf("\n(4) reopen after a crash with %lu MiB written in %lu random regions (disk log)\n",
-              static_cast<unsigned long>(o.dirty / kMiB), static_cast<unsigned long>(o.dirty / kRegionBytes));
-  {
-    std::vector<double> mib;
-    for (const auto& s : results["crash"]) mib.push_back(s.extra);
-    std::printf("  resynced MiB per repetition:");
-    for (double v : mib) std::printf(" %.1f", v);
-    std::printf("\n  median %.1f MiB resynced (device %lu MiB), %.2f s to in-sync, %.0f MiB/s\n", median(mib),
-                static_cast<unsigned long>(o.size / kMiB), med("crash", &Sample::extra2),
-                med("crash", &Sample::rate));
+    std::printf("\n(4) reopen after a crash with %lu MiB written in %lu random regions (disk log)\n",
+                static_cast<unsigned long>(o.dirty / kMiB),
+                static_cast<unsigned long>(o.dirty / kRegionBytes));
+    {
+      std::vector<double> mib;
+      for (const auto& s : results["crash"]) mib.push_back(s.extra);
+      std::printf("  resynced MiB per repetition:");
+      for (double v : mib) std::printf(" %.1f", v);
+      std::printf("\n  median %.1f MiB resynced (device %lu MiB), %.2f s to in-sync, %.0f MiB/s\n",
+                  median(mib), static_cast<unsigned long>(o.size / kMiB), med("crash", &Sample::extra2),
+                  med("crash", &Sample::rate));
+    }
   }
 
   std::error_code ec;
