@@ -45,7 +45,9 @@ class ExceptionStore {
   virtual std::optional<ChunkIndex> prepare_exception() = 0;
   // Records e durably (its data chunk has already been written). copy_ok = false invalidates the store.
   // done(valid): valid is false when the store is (now) invalid and e was not recorded. Commits that arrive
-  // while an earlier commit is being written are written together (group commit).
+  // while an earlier commit is being written are written together (group commit). For writable snapshots
+  // the caller acknowledges the write before done() (deferred commit, snapshot.h) and its flush waits for
+  // done(), so a store may batch freely but must call done() only once e is durable.
   virtual void commit_exception(const Exception& e, bool copy_ok, std::function<void(bool valid)> done) = 0;
   // Marks the store invalid for good (persistent: rewrites the header with valid = 0). done(ok) after it is
   // durable; ok is false if the write failed (the store is invalid in memory all the same).

@@ -32,11 +32,12 @@ Origin::~Origin() {
   stop_merge();
   kcopyd_.reset();  // waits for every copy; their callbacks still find the snapshots
   {
-    // An invalidation's header write still in flight calls back into its snapshot.
+    // An invalidation's header write still in flight calls back into its snapshot, and so does the deferred
+    // commit of a writable snapshot's acknowledged write.
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] {
       return std::none_of(snapshots_.begin(), snapshots_.end(),
-                          [](const auto& s) { return s->header_pending_; });
+                          [](const auto& s) { return s->header_pending_ || !s->pending_.empty(); });
     });
   }
   snapshots_.clear();
@@ -255,8 +256,10 @@ bool Origin::protect_range_locked(Sector first, Sector last, std::function<void(
     const ChunkGeometry& g = s.geometry_;
     for (uint64_t c = g.chunk_of(first).value(); c <= g.chunk_of(last).value(); ++c) {
       const ChunkIndex chunk(c);
-      if (s.table_.lookup(chunk)) continue;
+      // A pending exception first: a writable snapshot's chunk is in its table before its commit is durable
+      // (deferred commit), and the origin must not overwrite the chunk until it is.
       PendingException* pe = s.find_pending_locked(chunk);
+      if (pe == nullptr && s.table_.lookup(chunk)) continue;
       if (pe == nullptr) {
         pe = s.new_pending_locked(chunk);
         if (pe == nullptr) {
@@ -372,7 +375,20 @@ void Origin::copy_finished(std::vector<PendingException*> pes, bool ok) {
     for (PendingException* pe : pes) {
       pe->copy_done = true;
       pe->copy_ok = ok;
-      pe->snapshot->copied_[pe->sequence] = pe;
+      Snapshot& s = *pe->snapshot;
+      s.copied_[pe->sequence] = pe;
+      if (ok && s.valid_ && s.writable_) {
+        // Deferred commit: the copy is in place, so snapshot reads and writes may use it now; only origin
+        // writes (pe->waiters) need the commit to be durable.
+        s.table_.insert(pe->old_chunk, pe->new_chunk);
+        pe->visible = true;
+        auto waiters = std::make_shared<std::vector<std::function<void(bool)>>>(std::move(pe->copy_waiters));
+        pe->copy_waiters.clear();
+        if (!waiters->empty())
+          after.push_back([waiters] {
+            for (auto& w : *waiters) w(true);
+          });
+      }
     }
     // All of one job's exceptions belong to one snapshot per list; commit whatever is now in order.
     if (!pes.empty()) commit_in_order_locked(*pes.front()->snapshot, after);
@@ -406,7 +422,8 @@ void Origin::commit_finished(PendingException* pe, bool valid) {
     if (valid && s.valid_) {
       // From now on reads of the chunk go to the COW store; reads already sent to the origin must finish
       // before the origin write that waits on this exception may overwrite the chunk.
-      s.table_.insert(pe->old_chunk, pe->new_chunk);
+      if (!pe->visible) s.table_.insert(pe->old_chunk, pe->new_chunk);
+      s.commit_done_locked(pe->sequence, after);
       auto tracked = s.tracked_reads_.find(pe->old_chunk.value());
       if (tracked != s.tracked_reads_.end() && tracked->second > 0) {
         s.read_drain_waiters_[pe->old_chunk.value()].push_back([this, pe] {
@@ -422,6 +439,7 @@ void Origin::commit_finished(PendingException* pe, bool valid) {
       complete_pending_locked(pe, true, after);
     } else {
       if (s.valid_) invalidate_locked(s, after);
+      s.commit_done_locked(pe->sequence, after);
       complete_pending_locked(pe, false, after);
     }
   }
@@ -433,7 +451,8 @@ void Origin::complete_pending_locked(PendingException* pe, bool ok, Actions& aft
   auto it = s.pending_.find(pe->old_chunk.value());
   std::unique_ptr<PendingException> owned = std::move(it->second);
   s.pending_.erase(it);
-  auto waiters = std::make_shared<std::vector<std::function<void(bool)>>>(std::move(owned->waiters));
+  auto waiters = std::make_shared<std::vector<std::function<void(bool)>>>(std::move(owned->copy_waiters));
+  for (auto& w : owned->waiters) waiters->push_back(std::move(w));
   after.push_back([waiters, ok] {
     for (auto& w : *waiters) w(ok);
   });

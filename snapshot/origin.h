@@ -47,7 +47,8 @@ class Origin final : public BlockDevice {
  public:
   // Takes the origin device. Result: the origin, or the error of creating its kcopyd client.
   static Result<std::unique_ptr<Origin>> create(std::unique_ptr<BlockDevice> device);
-  // Precondition: no I/O in flight on the origin or its snapshots. Waits for background copies, then closes.
+  // Precondition: no I/O in flight on the origin or its snapshots. Waits for background copies and commits
+  // (a writable snapshot's acknowledged writes may still be committing: snapshot.h), then closes.
   ~Origin() override;
 
   // Makes a new snapshot with an empty store on cow (persistent: the kernel's format, written now). Errors: a

@@ -2,7 +2,9 @@
 // (kernel-dm-notes.md §2.4). Its life: allocated (store.prepare_exception) → data copied (a kcopyd job, or a
 // snapshot write that covers the whole chunk) → committed in allocation order (store.commit_exception) →
 // completed: the chunk enters the snapshot's ExceptionTable and every waiter runs. Origin writes to the chunk
-// wait for it so that the snapshot keeps the old data; snapshot writes wait so that they land on the copy.
+// wait for it so that the snapshot keeps the old data; snapshot writes wait so that they land on the copy. A
+// writable snapshot's chunk enters the table (and snapshot writes go on) once copied, before it is committed
+// (deferred commit, snapshot.h); the exception stays pending until the commit is durable.
 //
 // Guarded by the owning Origin's mutex.
 #pragma once
@@ -25,8 +27,15 @@ struct PendingException {
   bool copy_started = false;
   bool copy_done = false;
   bool copy_ok = true;
-  // Run when the exception is complete (ok = committed) or has failed (ok = false: the snapshot is invalid).
+  // Run when the exception is complete (ok = committed durably) or has failed (ok = false: the snapshot is
+  // invalid). Origin writes wait here: the origin chunk must not change before the snapshot's record of it is
+  // durable.
   std::vector<std::function<void(bool ok)>> waiters;
+  // Snapshot writes wait here: in a writable snapshot they run as soon as the copy is in place (deferred
+  // commit: the chunk is then `visible` in the snapshot's table, its commit not yet durable); otherwise, or
+  // on failure, together with `waiters`.
+  std::vector<std::function<void(bool ok)>> copy_waiters;
+  bool visible = false;
 };
 
 }  // namespace kcopyfs

@@ -184,7 +184,7 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
         const ChunkIndex target = *cow;
         after.push_back([write_piece, target] { write_piece(target); });
       } else if (PendingException* pe = find_pending_locked(chunk)) {
-        pe->waiters.push_back([write_piece, fan, pe_new = pe->new_chunk](bool ok) {
+        pe->copy_waiters.push_back([write_piece, fan, pe_new = pe->new_chunk](bool ok) {
           if (ok)
             write_piece(pe_new);
           else
@@ -192,15 +192,16 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
         });
       } else if (PendingException* fresh_pe = new_pending_locked(chunk)) {
         if (len == chunk_bytes && !fresh_pe->copy_started) {
-          // The write replaces the whole chunk: it is the copy, and it is acknowledged once committed.
+          // The write replaces the whole chunk: it is the copy. It is acknowledged once written (deferred
+          // commit): the exception becomes durable in the group commit that follows, which flush() waits for.
           fresh_pe->copy_started = true;
-          fresh_pe->waiters.push_back([fan](bool ok) { fan->arrive(ok ? std::error_code() : eio()); });
+          fresh_pe->copy_waiters.push_back([fan](bool ok) { fan->arrive(ok ? std::error_code() : eio()); });
           after.push_back([this, fresh_pe, data, chunk_bytes] {
             cow_->write(Bytes(fresh_pe->new_chunk.value() * chunk_bytes), data,
                         [this, fresh_pe](std::error_code ec) { origin_.copy_finished({fresh_pe}, !ec); });
           });
         } else {
-          fresh_pe->waiters.push_back([write_piece, fan, pe_new = fresh_pe->new_chunk](bool ok) {
+          fresh_pe->copy_waiters.push_back([write_piece, fan, pe_new = fresh_pe->new_chunk](bool ok) {
             if (ok)
               write_piece(pe_new);
             else
@@ -223,7 +224,40 @@ void Snapshot::write(Bytes offset, std::span<const std::byte> buffer, IoCallback
   fan->arrive({});
 }
 
-void Snapshot::flush(IoCallback done) { cow_->flush(std::move(done)); }
+void Snapshot::flush(IoCallback done) {
+  auto fan = std::make_shared<FanIn>(2, std::move(done));
+  {
+    std::lock_guard lock(origin_.mutex_);
+    // Exceptions allocated so far include those of every acknowledged write; their commits must be durable
+    // before the flush completes, or a crash after it would lose the writes' chunks.
+    const uint64_t mark = next_sequence_;
+    if (durable_through_ < mark) {
+      fan->add();
+      durability_waiters_.emplace_back(mark,
+                                       [fan](bool valid) { fan->arrive(valid ? std::error_code() : eio()); });
+    }
+  }
+  // Data written into chunks that already had an exception is made durable by the COW flush alone.
+  cow_->flush([fan](std::error_code ec) { fan->arrive(ec); });
+  fan->arrive({});
+}
+
+void Snapshot::commit_done_locked(uint64_t sequence, std::vector<std::function<void()>>& after) {
+  if (sequence != durable_through_) {
+    durable_ahead_.insert(sequence);
+    return;
+  }
+  ++durable_through_;
+  while (!durable_ahead_.empty() && *durable_ahead_.begin() == durable_through_) {
+    durable_ahead_.erase(durable_ahead_.begin());
+    ++durable_through_;
+  }
+  auto ready = std::partition(durability_waiters_.begin(), durability_waiters_.end(),
+                              [this](const auto& w) { return w.first > durable_through_; });
+  for (auto it = ready; it != durability_waiters_.end(); ++it)
+    after.push_back([fn = std::move(it->second), valid = valid_] { fn(valid); });
+  durability_waiters_.erase(ready, durability_waiters_.end());
+}
 
 void Snapshot::write_zeroes(Bytes offset, Bytes length, bool /*may_unmap*/, IoCallback done) {
   write_zeroes_by_writing(*this, offset, length, std::move(done));

@@ -7,6 +7,15 @@
 // the old data. Writable snapshots write to the COW store, copying the chunk from the origin first unless the
 // write covers the whole chunk.
 //
+// Deferred commit (writable snapshots): a write that creates an exception is acknowledged once its data (or
+// the copy it lands on) is written, before the exception's metadata area is durable, because a durable
+// commit per first write (flush, area write, flush) made first writes 3x slower than nbdkit's cow; the
+// exception is committed by the store's next group commit right away. flush() completes only once every
+// exception allocated before it was called is durable (and fails with EIO if one could not be recorded), so
+// fsync keeps its meaning; a crash before that loses only unflushed writes, and the chunk reads its old
+// data, since an area is still written only after the data it points at is durable. Origin writes are
+// unchanged: they wait for the snapshot's exception of their chunk to be durable.
+//
 // States (status strings as the kernel's, §2.1): active; invalid (a failed copy or commit, or the COW store
 // full on an origin write; persisted in the header; every read and write fails with EIO); overflow (the COW
 // store full on a snapshot write: that write fails, reads keep working, not persisted).
@@ -16,6 +25,7 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -59,7 +69,8 @@ class Snapshot final : public BlockDevice {
   void read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed = {}) override;
   void write(Bytes offset, std::span<const std::byte> buffer, IoCallback done,
              FixedBuffer fixed = {}) override;
-  // Makes completed writes to the snapshot durable (the COW device).
+  // Makes completed writes to the snapshot durable: the COW device's data, and the commits of every exception
+  // allocated before the call (deferred commit). EIO if one of them failed (the snapshot is then invalid).
   void flush(IoCallback done) override;
   void write_zeroes(Bytes offset, Bytes length, bool may_unmap, IoCallback done) override;
 
@@ -76,6 +87,9 @@ class Snapshot final : public BlockDevice {
   // or overflow).
   PendingException* new_pending_locked(ChunkIndex chunk);
   void untrack_read_locked(ChunkIndex chunk, std::vector<std::function<void()>>& after);
+  // The commit of the exception with this allocation sequence has finished (durably, or failed): advances
+  // durable_through_ and queues in `after` the flushes it releases.
+  void commit_done_locked(uint64_t sequence, std::vector<std::function<void()>>& after);
 
   // Constant after construction.
   Origin& origin_;
@@ -100,7 +114,11 @@ class Snapshot final : public BlockDevice {
   uint64_t next_sequence_ = 0;                                               // the next allocation's sequence
   uint64_t next_commit_ = 0;                                // the sequence whose commit goes next
   std::unordered_map<uint64_t, PendingException*> copied_;  // copy done, waiting for its turn to commit
-  std::unordered_map<uint64_t, unsigned> tracked_reads_;    // chunk -> reads in flight on the origin
+  uint64_t durable_through_ = 0;                            // every sequence below it has finished its commit
+  std::set<uint64_t> durable_ahead_;  // sequences at or past durable_through_ + 1 that have finished
+  // Flushes waiting for every sequence below `first` to finish; called with the snapshot's validity.
+  std::vector<std::pair<uint64_t, std::function<void(bool valid)>>> durability_waiters_;
+  std::unordered_map<uint64_t, unsigned> tracked_reads_;  // chunk -> reads in flight on the origin
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> read_drain_waiters_;
 };
 

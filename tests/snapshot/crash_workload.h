@@ -10,6 +10,11 @@
 // The child reports "<step>\n" on fd 3 after each step. A snapshot's image is the origin's content when it
 // was created plus its own writes; at most the step after the last one reported can be half done at a kill.
 //
+// Writable-snapshot workload (wsnap = true): every snapshot is writable, batches hold 1-16 writes, mostly to
+// snapshots, and a batch without origin writes is flushed only one time in three, so acknowledged but
+// unflushed snapshot writes (whose exceptions are committed later: deferred commit) pile up before a kill;
+// a flush of a view makes all of that view's earlier writes durable.
+//
 // Crash points: fixed scenarios that stop the child (_exit) at one step of a protocol (see crash_points()).
 // No GoogleTest here.
 #pragma once
@@ -49,13 +54,16 @@ struct Step {
   Kind kind = Kind::write;
   SnapSpec snap;                // create
   std::vector<WriteOp> writes;  // write
+  bool flush = true;            // write: every view written is flushed after the writes
 };
 
 class Workload {
  public:
-  explicit Workload(uint64_t seed) : rng_(seed * 0x9E3779B97F4A7C15ull + 12345) {}
+  explicit Workload(uint64_t seed, bool wsnap = false)
+      : rng_(seed * 0x9E3779B97F4A7C15ull + 12345), wsnap_(wsnap) {}
 
   Step next() {
+    if (wsnap_) return next_wsnap();
     Step step;
     const uint64_t r = rng_() % 100;
     if (specs_.empty() || (r < 5 && specs_.size() < kMaxSnapshots)) {
@@ -98,7 +106,50 @@ class Workload {
   const std::vector<SnapSpec>& snapshots() const { return specs_; }
 
  private:
+  Step next_wsnap() {
+    Step step;
+    const uint64_t r = rng_() % 100;
+    if (specs_.empty() || (r < 3 && specs_.size() < kMaxSnapshots)) {
+      step.kind = Step::Kind::create;
+      static const uint64_t kChunks[] = {8, 16, 128};  // 4K, 8K, 64K
+      step.snap.name = std::string("s").append(std::to_string(specs_.size()));
+      step.snap.chunk_sectors = kChunks[rng_() % 3];
+      step.snap.writable = true;
+      specs_.push_back(step.snap);
+      return step;
+    }
+    if (r < 5) {
+      step.kind = Step::Kind::reopen;
+      return step;
+    }
+    step.kind = Step::Kind::write;
+    bool origin_written = false;
+    const int n = 1 + static_cast<int>(rng_() % 16);
+    for (int i = 0; i < n; ++i) {
+      WriteOp w;
+      w.view = rng_() % 4 == 0 ? -1 : static_cast<int>(rng_() % specs_.size());
+      const uint64_t sectors = kOriginBytes / 512;
+      // Mostly whole 4K blocks (a write that is its chunk's copy), some unaligned.
+      const bool block = rng_() % 2 == 0;
+      const uint64_t len = block ? 8 : 1 + rng_() % 24;
+      w.offset = (block ? (rng_() % (sectors / 8)) * 8 : rng_() % (sectors - len + 1)) * 512;
+      w.length = len * 512;
+      w.data_seed = rng_();
+      bool overlaps = false;
+      for (const WriteOp& o : step.writes) {
+        overlaps |= o.view == w.view && w.offset < o.offset + o.length && o.offset < w.offset + w.length;
+      }
+      if (overlaps) continue;
+      origin_written |= w.view < 0;
+      step.writes.push_back(w);
+    }
+    // Origin writes are always flushed, so a snapshot created later starts from durable origin data.
+    step.flush = origin_written || rng_() % 3 == 0;
+    return step;
+  }
+
   std::mt19937_64 rng_;
+  const bool wsnap_;
   std::vector<SnapSpec> specs_;
 };
 

@@ -2,6 +2,7 @@
 // so that it begins without the parent's threads, and reports on fd 3.
 //
 //   snapshot_crash_workload random <dir> <seed>   the random workload on <dir>/origin.img, until killed
+//   snapshot_crash_workload random-wsnap <dir> <seed>  the writable-snapshot random workload, until killed
 //   snapshot_crash_workload point <dir> <name>     a crash-point scenario: "ready" once set up, then "hook"
 //                                                  right before the process ends at the crash point (or
 //                                                  "completed" if the point was never reached)
@@ -84,9 +85,17 @@ Snapshot* create(Origin& origin, const std::string& name, std::unique_ptr<BlockD
 
 // ---- random ----
 
-int run_random(const std::string& dir, uint64_t seed) {
-  Workload workload(seed);
+int run_random(const std::string& dir, uint64_t seed, bool wsnap) {
+  Workload workload(seed, wsnap);
   auto cow_path = [&](const SnapSpec& s) { return dir + "/" + s.name + ".cow"; };
+  // Slow COW flushes widen the time between a write's acknowledgement and its durable commit, so that kills
+  // land there often (deferred commit: a flush of the view must wait for the commit).
+  auto open_cow = [&](const SnapSpec& s) -> std::unique_ptr<BlockDevice> {
+    if (!wsnap) return open_file(cow_path(s));
+    auto f = test::FaultyFile::open(cow_path(s));
+    f->fault().set_latency(FaultDevice::Op::flush, std::chrono::milliseconds(3));
+    return f;
+  };
   std::unique_ptr<Origin> origin = open_origin(open_file(dir + "/origin.img"));
   std::vector<Snapshot*> snaps;
   for (int i = 0; i < kMaxSteps; ++i) {
@@ -96,8 +105,8 @@ int run_random(const std::string& dir, uint64_t seed) {
         // Not zeros: the store must not rely on anything it did not write itself (such as the terminator of
         // the area after a full one).
         test::write_file(cow_path(step.snap), 0, std::vector<std::byte>(kCowBytes, std::byte{0xA5}));
-        snaps.push_back(create(*origin, step.snap.name, open_file(cow_path(step.snap)),
-                               step.snap.chunk_sectors, step.snap.writable));
+        snaps.push_back(create(*origin, step.snap.name, open_cow(step.snap), step.snap.chunk_sectors,
+                               step.snap.writable));
         break;
       }
       case Step::Kind::reopen: {
@@ -105,7 +114,7 @@ int run_random(const std::string& dir, uint64_t seed) {
         origin.reset();
         origin = open_origin(open_file(dir + "/origin.img"));
         for (const SnapSpec& s : workload.snapshots()) {
-          auto snap = origin->attach_snapshot(s.name, open_file(cow_path(s)), s.writable);
+          auto snap = origin->attach_snapshot(s.name, open_cow(s), s.writable);
           if (!snap) die(snap.error().message());
           snaps.push_back(snap.value());
         }
@@ -127,7 +136,9 @@ int run_random(const std::string& dir, uint64_t seed) {
         for (auto& f : done) {
           if (auto ec = wait_for(f, "write")) die("write: " + ec.message());
         }
-        for (BlockDevice* view : written) sync_flush(*view);
+        if (step.flush) {
+          for (BlockDevice* view : written) sync_flush(*view);
+        }
         break;
       }
     }
@@ -230,13 +241,16 @@ int run_overflow(const std::string& dir) {
 int main(int argc, char** argv) {
   using namespace kcopyfs::crash;
   if (argc == 4 && std::strcmp(argv[1], "random") == 0)
-    return run_random(argv[2], std::strtoull(argv[3], nullptr, 10));
+    return run_random(argv[2], std::strtoull(argv[3], nullptr, 10), false);
+  if (argc == 4 && std::strcmp(argv[1], "random-wsnap") == 0)
+    return run_random(argv[2], std::strtoull(argv[3], nullptr, 10), true);
   if (argc == 3 && std::strcmp(argv[1], "overflow") == 0) return run_overflow(argv[2]);
   if (argc == 4 && std::strcmp(argv[1], "point") == 0) {
     const CrashPoint* p = find_crash_point(argv[3]);
     if (p == nullptr) die(std::string("no crash point ") + argv[3]);
     return run_point(argv[2], *p);
   }
-  std::fprintf(stderr, "usage: %s random <dir> <seed> | point <dir> <name> | overflow <dir>\n", argv[0]);
+  std::fprintf(stderr, "usage: %s random|random-wsnap <dir> <seed> | point <dir> <name> | overflow <dir>\n",
+               argv[0]);
   return 1;
 }

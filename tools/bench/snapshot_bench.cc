@@ -7,6 +7,9 @@
 //        distinct slots (one slot per chunk of the configuration, a random 4 KiB block inside it), so every
 //        write lands on a chunk no snapshot holds yet; the copies per write are measured, not assumed.
 //  seq   1 MiB sequential writes at queue depth 4, same configurations.
+//        With --writable-snapshot, both parts write into the first snapshot (created writable) instead of
+//        the origin: first writes into a writable snapshot (its COW only; the origin is read for partial
+//        chunks), the figure tools/bench/views.sh measures as wsnap through the mount.
 //  load  Load time of a persistent store holding N (1,000,000) exceptions, built directly in the kernel's
 //        format with persistent_format.h, cold cache: PersistentStore::open alone and
 //        Origin::attach_snapshot.
@@ -75,6 +78,7 @@ struct Options {
   std::optional<std::array<unsigned, 3>> model;
   std::string csv;
   bool keep_going_without_root = true;
+  bool writable_snapshot = false;  // the write parts write into snapshot s0 (writable), not the origin
 };
 
 Options parse(int argc, char** argv) {
@@ -99,7 +103,10 @@ Options parse(int argc, char** argv) {
       "model", po::value(&model),
       "R,W,F: add fixed latencies (microseconds) to every read, write and flush of the write parts (engine "
       "FaultDevice), for comparing algorithms on a predictable device")(
-      "csv", po::value(&o.csv), "also write every write measurement to FILE");
+      "csv", po::value(&o.csv), "also write every write measurement to FILE")(
+      "writable-snapshot", po::bool_switch(&o.writable_snapshot),
+      "the write parts write into the first snapshot, created writable, instead of the origin (first writes "
+      "into a writable snapshot; configurations without snapshots are still raw and origin)");
   parse_options(argc, argv, "Usage: snapshot_bench [OPTIONS]", options);
   o.origin_bytes = size_or_die(origin_size);
   o.cow_prefill = size_or_die(prefill);
@@ -369,9 +376,10 @@ struct Config {
   bool raw = false;        // straight to the FileDevice
   unsigned snapshots = 0;  // through Origin with this many persistent snapshots
   uint64_t chunk_kib = 0;  // 0 for raw and for 0 snapshots
+  bool writable = false;   // writes go to snapshot s0 (writable) instead of the origin
   std::string name() const {
     if (raw) return "raw";
-    std::string n = "origin";
+    std::string n = writable ? "wsnap" : "origin";
     if (snapshots > 0) {
       n += " ";
       n += std::to_string(chunk_kib);
@@ -457,12 +465,15 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
       SnapshotOptions so;
       so.chunk_size = to_sectors(Bytes(chunk));
       so.persistent = true;
+      so.writable = c.writable && k == 0;
       auto snap = origin->create_snapshot(
           name, std::make_unique<CountingDevice>(open_target(o, path), cow_counters, so.chunk_size), so);
       if (!snap) die(snap.error().message());
     }
   }
-  BlockDevice& target = c.raw ? *raw_dev : static_cast<BlockDevice&>(*origin);
+  BlockDevice& target = c.raw        ? *raw_dev
+                        : c.writable ? static_cast<BlockDevice&>(*origin->find_snapshot("s0"))
+                                     : static_cast<BlockDevice&>(*origin);
   const auto offsets = make_offsets(c, o.origin_bytes, 1000 + rep);
   const size_t io_bytes = c.workload == Workload::rand ? 4 * kKiB : kMiB;
   const unsigned depth = c.workload == Workload::rand ? 16 : 4;
@@ -518,7 +529,7 @@ void run_writes(const Options& o, const std::string& dir, std::FILE* csv) {
         configs.push_back(Config{w, false, 0, 0});
         continue;
       }
-      for (uint64_t ck : o.chunks_kib) configs.push_back(Config{w, false, s, ck});
+      for (uint64_t ck : o.chunks_kib) configs.push_back(Config{w, false, s, ck, o.writable_snapshot});
     }
   }
   if (configs.empty()) return;
