@@ -52,13 +52,26 @@ class EventLoop {
   bool valid() const { return wake_.valid(); }
   int fd() const { return wake_.get(); }
 
-  void post(std::function<void()> work) {
+  // Result: false once the loop is closed (the work is dropped: the daemon is past its shutdown).
+  bool post(std::function<void()> work) {
     {
       std::lock_guard lock(mutex_);
+      if (closed_) return false;
       queue_.push_back(std::move(work));
     }
     const uint64_t one = 1;
     (void)!::write(wake_.get(), &one, sizeof one);
+    return true;
+  }
+  // Refuses further work, then runs what was queued before.
+  void close() {
+    std::deque<std::function<void()>> work;
+    {
+      std::lock_guard lock(mutex_);
+      closed_ = true;
+      work.swap(queue_);
+    }
+    for (auto& w : work) w();
   }
   // Runs everything queued so far.
   void run_pending() {
@@ -76,6 +89,7 @@ class EventLoop {
   UniqueFd wake_;
   std::mutex mutex_;
   std::deque<std::function<void()>> queue_;  // guarded by mutex_
+  bool closed_ = false;                      // guarded by mutex_
 };
 
 // One daemon per state directory: an OFD write lock on STATE_DIR/lock, which also records the holder's pid
@@ -188,7 +202,7 @@ Status Daemon::start() {
   mount.allow_other = options_.allow_other;
   mount.fsname = options_.state_dir;
   mount.subtype = kFuseSubtype;
-  mount.on_unmounted = [this] { loop_.post([this] { shut_down("the mount went away"); }); };
+  mount.on_unmounted = [this] { (void)loop_.post([this] { shut_down("the mount went away"); }); };
   auto views = fs::ViewServer::mount(std::move(mount));
   if (!views) return views.error();
   views_ = std::move(views).value();
@@ -196,7 +210,7 @@ Status Daemon::start() {
   targets_ = std::make_unique<TargetSet>(
       options_.state_dir, *views_,
       [table_path](const VolumeTable& t) { return save_volume_table(table_path, t); },
-      [this](std::function<void()> work) { loop_.post(std::move(work)); });
+      [this](std::function<void()> work) { (void)loop_.post(std::move(work)); });
   if (Status s = targets_->load(table.value()); !s) return s;
 
   auto control = ControlServer::start(options_.state_dir, ::geteuid(),
@@ -214,10 +228,11 @@ nlohmann::json Daemon::handle(const nlohmann::json& request) {
     // The main loop does the work; the reply waits until every device is closed.
     auto done = std::make_shared<std::promise<Status>>();
     std::future<Status> result = done->get_future();
-    loop_.post([this, done] {
+    const bool queued = loop_.post([this, done] {
       shut_down("umount requested");
       done->set_value(close_status_);
     });
+    if (!queued) return {{"ok", false}, {"error", "the daemon is already shutting down"}};
     Status s = result.get();
     if (!s) return {{"ok", false}, {"error", s.error().message()}};
     return {{"ok", true}};
@@ -265,9 +280,9 @@ int Daemon::run(const std::function<void(const std::string&)>& ready) {
     }
     if (fds[0].revents & POLLIN) loop_.run_pending();
   }
-  // Answers a umount request waiting for this shutdown (its work was queued behind it), then stops taking
-  // requests: one being served finishes first.
-  loop_.run_pending();
+  // Answers a umount request waiting for this shutdown (its work was queued behind it) and refuses later
+  // ones, then stops taking requests: one being served finishes first.
+  loop_.close();
   control_.reset();
   const bool clean = close_status_.ok();
   targets_.reset();
