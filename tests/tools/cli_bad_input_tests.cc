@@ -39,17 +39,6 @@ constexpr uint64_t kImage = 4 * kMiB;
 // The malformed SIZE arguments every size option is given.
 const std::vector<std::string> kBadSizes = {"", "-1", "1.5G", "4Q", "99999999999T", "0"};
 
-// Interface.md, Errors: exactly one line on stderr starting "kcopyfs: ", a non-zero exit.
-::testing::AssertionResult refused(const CommandResult& r) {
-  if (r.timed_out) return ::testing::AssertionFailure() << "timed out: " << r;
-  if (r.exit_code == 0) return ::testing::AssertionFailure() << "succeeded, expected a refusal: " << r;
-  if (r.exit_code < 0) return ::testing::AssertionFailure() << "crashed: " << r;
-  const auto lines = r.err_lines();
-  if (lines.size() != 1 || lines[0].rfind("kcopyfs: ", 0) != 0 || lines[0].size() <= 9)
-    return ::testing::AssertionFailure() << "stderr is not one line starting 'kcopyfs: ': " << r;
-  return ::testing::AssertionSuccess();
-}
-
 // A mount with an origin "data" (data.img), a snapshot "s1" (default COW) and a mirror "m0" (l0, l1), and a
 // spare image no target uses. check() asserts a refusal and that nothing changed since construction.
 class BadInput : public ::testing::Test {

@@ -135,17 +135,6 @@ std::set<std::string> target_names(const json& status) {
   return names;
 }
 
-// Interface.md, Errors: exactly one line on stderr starting "kcopyfs: ", a non-zero exit.
-::testing::AssertionResult refused(const CommandResult& r) {
-  if (r.timed_out) return ::testing::AssertionFailure() << "timed out: " << r;
-  if (r.exit_code == 0) return ::testing::AssertionFailure() << "succeeded, expected a refusal: " << r;
-  if (r.exit_code < 0) return ::testing::AssertionFailure() << "crashed: " << r;
-  const auto lines = r.err_lines();
-  if (lines.size() != 1 || lines[0].rfind("kcopyfs: ", 0) != 0 || lines[0].size() <= 9)
-    return ::testing::AssertionFailure() << "stderr is not one line starting 'kcopyfs: ': " << r;
-  return ::testing::AssertionSuccess();
-}
-
 // What a refused command must leave as it was: the mount's status and the bytes of the given files.
 class Unchanged {
  public:

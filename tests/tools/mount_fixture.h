@@ -312,4 +312,15 @@ class KcopyfsMount {
   CommandResult mount_result_;
 };
 
+// Interface.md, Errors: exactly one line on stderr starting "kcopyfs: ", a non-zero exit.
+inline ::testing::AssertionResult refused(const CommandResult& r) {
+  if (r.timed_out) return ::testing::AssertionFailure() << "timed out: " << r;
+  if (r.exit_code == 0) return ::testing::AssertionFailure() << "succeeded, expected a refusal: " << r;
+  if (r.exit_code < 0) return ::testing::AssertionFailure() << "crashed: " << r;
+  const auto lines = r.err_lines();
+  if (lines.size() != 1 || lines[0].rfind("kcopyfs: ", 0) != 0 || lines[0].size() <= 9)
+    return ::testing::AssertionFailure() << "stderr is not one line starting 'kcopyfs: ': " << r;
+  return ::testing::AssertionSuccess();
+}
+
 }  // namespace kcopyfs::test
