@@ -251,8 +251,9 @@ void Daemon::shut_down(const std::string& why) {
 
 int Daemon::run(const std::function<void(const std::string&)>& ready) {
   if (Status s = start(); !s) {
-    if (targets_) (void)targets_->close();
+    // As at shutdown: the views go first, so no I/O reaches the targets while they close.
     if (views_) views_->unmount();
+    if (targets_) (void)targets_->close();
     ready(s.error().message());
     return 1;
   }
