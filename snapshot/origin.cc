@@ -5,6 +5,7 @@
 
 #include "engine/fan_in.h"
 #include "engine/file_device.h"
+#include "engine/fill_ahead_device.h"
 #include "engine/io_ring.h"
 #include "snapshot/persistent_store.h"
 #include "snapshot/transient_store.h"
@@ -60,6 +61,7 @@ Result<Snapshot*> Origin::create_snapshot(const std::string& name, std::unique_p
   const std::string rule =
       check_chunk_size(options.chunk_size, device_->logical_block_size(), cow->logical_block_size());
   if (!rule.empty()) return Error::invalid(rule);
+  if (cow_fill_ahead_) cow = FillAheadDevice::wrap_if_sparse_file(std::move(cow));
   std::unique_ptr<ExceptionStore> store;
   if (options.persistent) {
     auto s = PersistentStore::create(*cow, options.chunk_size);
@@ -77,6 +79,7 @@ Result<Snapshot*> Origin::create_snapshot(const std::string& name, std::unique_p
 Result<Snapshot*> Origin::attach_snapshot(const std::string& name, std::unique_ptr<BlockDevice> cow,
                                           bool writable) {
   if (find_snapshot(name) != nullptr) return Error::invalid("snapshot " + name + " exists already");
+  if (cow_fill_ahead_) cow = FillAheadDevice::wrap_if_sparse_file(std::move(cow));
   std::vector<Exception> exceptions;
   auto store = PersistentStore::open(*cow, device_->size_in_sectors(),
                                      [&](const Exception& e) { exceptions.push_back(e); });

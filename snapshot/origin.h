@@ -62,6 +62,10 @@ class Origin final : public BlockDevice {
   // Precondition: no I/O in flight on the snapshot. Waits for its pending exceptions, then drops it (its COW
   // device is closed, not erased).
   Status remove_snapshot(const std::string& name);
+  // Whether snapshots made or attached from now on fill their COW file's holes ahead of its allocation point
+  // in the background (engine/fill_ahead_device.h; only for COW devices that are regular files). Default on:
+  // a first write into a hole of a sparse file costs the filesystem's block allocation on the latency path.
+  void set_cow_fill_ahead(bool on) { cow_fill_ahead_ = on; }
 
   // Starts rolling the origin back to the snapshot (snapshot-merge, kernel-dm-notes.md §2.9; merge.cc). From
   // this call on the origin view shows the snapshot's content and stays usable; the snapshot's own view fails
@@ -138,6 +142,7 @@ class Origin final : public BlockDevice {
   // Constant after construction.
   const std::unique_ptr<BlockDevice> device_;
   std::unique_ptr<KcopydClient> kcopyd_;
+  std::atomic<bool> cow_fill_ahead_{true};  // set between snapshot creations, read when one is made
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;  // writes drained, pending exceptions completed

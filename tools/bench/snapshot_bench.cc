@@ -47,6 +47,7 @@
 #include "engine/block_device.h"
 #include "engine/fault_device.h"
 #include "engine/file_device.h"
+#include "engine/fill_ahead_device.h"
 #include "engine/sync_io.h"
 #include "snapshot/exception_table.h"
 #include "snapshot/origin.h"
@@ -79,6 +80,7 @@ struct Options {
   std::string csv;
   bool keep_going_without_root = true;
   bool writable_snapshot = false;  // the write parts write into snapshot s0 (writable), not the origin
+  bool fill_ahead = true;          // COW files behind engine/fill_ahead_device.h, as the origin makes them
 };
 
 Options parse(int argc, char** argv) {
@@ -86,6 +88,7 @@ Options parse(int argc, char** argv) {
   Options o;
   std::string origin_size = "1G", snapshots = "0,1,2,4,8", chunks = "4,64", parts = "rand,seq,load,mem";
   std::string prefill = "0", model;
+  bool no_fill_ahead = false;
   po::options_description options("Options");
   options.add_options()("workdir", po::value(&o.workdir),
                         "scratch directory is made inside DIR and removed at exit (default /var/tmp)")(
@@ -104,12 +107,16 @@ Options parse(int argc, char** argv) {
       "R,W,F: add fixed latencies (microseconds) to every read, write and flush of the write parts (engine "
       "FaultDevice), for comparing algorithms on a predictable device")(
       "csv", po::value(&o.csv), "also write every write measurement to FILE")(
+      "no-fill-ahead", po::bool_switch(&no_fill_ahead),
+      "leave COW files sparse until the store writes them (Origin::set_cow_fill_ahead(false)); default: "
+      "their holes are filled ahead of the store's allocation point in the background, as in the daemon")(
       "writable-snapshot", po::bool_switch(&o.writable_snapshot),
       "the write parts write into the first snapshot, created writable, instead of the origin (first writes "
       "into a writable snapshot; configurations without snapshots are still raw and origin)");
   parse_options(argc, argv, "Usage: snapshot_bench [OPTIONS]", options);
   o.origin_bytes = size_or_die(origin_size);
   o.cow_prefill = size_or_die(prefill);
+  o.fill_ahead = !no_fill_ahead;
   o.snapshots.clear();
   for (uint64_t n : numbers_or_die("--snapshots", snapshots)) o.snapshots.push_back(static_cast<unsigned>(n));
   o.chunks_kib = numbers_or_die("--chunks", chunks);
@@ -401,6 +408,7 @@ struct Measurement {
   double cow_flush_ms = 0, cow_write_us = 0, origin_read_us = 0, origin_write_us = 0;  // means
   uint64_t origin_reads = 0, origin_read_bytes = 0;
   bool snapshots_valid = true;
+  uint64_t fill_bytes = 0;  // zeros written ahead of the stores by FillAheadDevice, all snapshots
   double load_before = 0;
   double rate() const { return static_cast<double>(ops) / seconds; }  // ops/s
 };
@@ -440,6 +448,7 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
   std::unique_ptr<BlockDevice> raw_dev;
   std::unique_ptr<Origin> origin;
   std::vector<std::string> cow_paths;
+  std::vector<FillAheadDevice*> fillers;  // owned by the origin's snapshots
   std::unique_ptr<BlockDevice> counted =
       std::make_unique<CountingDevice>(open_target(o, origin_path), origin_counters);
   if (c.raw) {
@@ -466,8 +475,16 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
       so.chunk_size = to_sectors(Bytes(chunk));
       so.persistent = true;
       so.writable = c.writable && k == 0;
+      // The counters sit above the filler, so they count the store's own I/O only; the fills are added up
+      // from the fillers below.
+      std::unique_ptr<BlockDevice> cow = open_target(o, path);
+      if (o.fill_ahead && !o.model) {
+        auto filler = std::make_unique<FillAheadDevice>(std::move(cow), FillAheadDevice::Options{});
+        fillers.push_back(filler.get());
+        cow = std::move(filler);
+      }
       auto snap = origin->create_snapshot(
-          name, std::make_unique<CountingDevice>(open_target(o, path), cow_counters, so.chunk_size), so);
+          name, std::make_unique<CountingDevice>(std::move(cow), cow_counters, so.chunk_size), so);
       if (!snap) die(snap.error().message());
     }
   }
@@ -505,6 +522,7 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
   m.cow_write_us = mean(cow_counters->write_ns, cow_counters->writes, 1e3);
   m.origin_read_us = mean(origin_counters->read_ns, origin_counters->reads, 1e3);
   m.origin_write_us = mean(origin_counters->write_ns, origin_counters->writes, 1e3);
+  for (FillAheadDevice* f : fillers) m.fill_bytes += f->stats().bytes_zeroed;
   if (origin) {
     for (Snapshot* s : origin->snapshots()) {
       const auto st = s->status();
@@ -550,11 +568,12 @@ void run_writes(const Options& o, const std::string& dir, std::FILE* csv) {
       std::printf(
           "  %-4s %-16s %8.0f %s %5.2f s %7lu ops%s; means: origin write %.0f us, copy read %.0f us, COW "
           "write %.0f "
-          "us, COW flush %.2f ms (%lu)\n",
+          "us, COW flush %.2f ms (%lu), filled ahead %.0f MiB\n",
           rand ? "rand" : "seq", c.name().c_str(),
           rand ? m.rate() : static_cast<double>(m.bytes) / kMiB / m.seconds, rand ? "IOPS " : "MiB/s",
           m.seconds, static_cast<unsigned long>(m.ops), m.hit_op_limit ? " (all)" : "", m.origin_write_us,
-          m.origin_read_us, m.cow_write_us, m.cow_flush_ms, static_cast<unsigned long>(m.cow_flushes));
+          m.origin_read_us, m.cow_write_us, m.cow_flush_ms, static_cast<unsigned long>(m.cow_flushes),
+          static_cast<double>(m.fill_bytes) / kMiB);
       if (!m.snapshots_valid)
         std::printf("  WARNING: a snapshot was invalidated during %s\n", c.name().c_str());
       std::fflush(stdout);
