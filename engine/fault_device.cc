@@ -40,6 +40,28 @@ unsigned FaultDevice::peak_in_flight(Op op) const {
   return peak_[static_cast<int>(op)];
 }
 
+void FaultDevice::seed(uint64_t seed) {
+  std::lock_guard lock(mutex_);
+  rng_.seed(seed);
+}
+
+FaultDevice::Injected FaultDevice::injected(Op op) const {
+  std::lock_guard lock(mutex_);
+  return injected_[static_cast<int>(op)];
+}
+
+uint64_t FaultDevice::injected_errors(int error) const {
+  std::lock_guard lock(mutex_);
+  auto it = injected_errors_.find(error);
+  return it == injected_errors_.end() ? 0 : it->second;
+}
+
+void FaultDevice::clear_injected() {
+  std::lock_guard lock(mutex_);
+  for (auto& i : injected_) i = Injected{};
+  injected_errors_.clear();
+}
+
 void FaultDevice::decide(Op op, Sector start, Sector count, int& error, std::chrono::microseconds& delay,
                          std::function<void()>& hook) {
   error = 0;
@@ -48,10 +70,27 @@ void FaultDevice::decide(Op op, Sector start, Sector count, int& error, std::chr
     if (r.op != op || r.remaining == 0) continue;
     const bool overlaps = op == Op::flush || (start < r.start + r.count && r.start < start + count);
     if (!overlaps) continue;
+    // A draw only for rules that need one, so adding a probability to one rule does not change the draws
+    // another rule sees on a device that had none.
+    if (r.probability < 1.0) {
+      // 53 random bits as a double in [0, 1): the same on every platform, unlike the standard distributions.
+      const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+      if (u >= r.probability) continue;
+    }
     if (r.remaining > 0) --r.remaining;
     error = r.error;
     delay = r.delay;
+    if (r.delay_max > r.delay) {
+      const uint64_t span = static_cast<uint64_t>((r.delay_max - r.delay).count()) + 1;
+      delay += std::chrono::microseconds(static_cast<int64_t>(rng_() % span));
+    }
     hook = r.on_match;
+    Injected& counts = injected_[static_cast<int>(op)];
+    if (error != 0) {
+      ++counts.failed;
+      ++injected_errors_[error];
+    }
+    if (delay.count() > 0) ++counts.delayed;
     return;
   }
 }

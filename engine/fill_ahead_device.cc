@@ -18,7 +18,8 @@ FillAheadDevice::FillAheadDevice(std::unique_ptr<BlockDevice> inner, const Optio
       max_ahead_(options.max_ahead.value()),
       unit_(std::max<uint64_t>(options.unit.value(), inner_->logical_block_size())),
       refill_divisor_(std::max(options.refill_divisor, 1u)),
-      grow_within_(options.grow_within) {}
+      grow_within_(options.grow_within),
+      small_write_(options.small_write.value()) {}
 
 FillAheadDevice::~FillAheadDevice() {
   std::unique_lock lock(mutex_);
@@ -69,8 +70,11 @@ void FillAheadDevice::submit(Bytes offset, Bytes length, std::function<void()> i
       waiting_.push_back(Held{to, std::move(issue)});
       return;
     }
-    // From here on no fill may start below `to`: this write may be in flight there.
-    high_water_ = std::max(high_water_, to);
+    if (to > high_water_) {
+      mean_advancing_write_ = (mean_advancing_write_ * 7 + length.value()) / 8;
+      // From here on no fill may start below `to`: this write may be in flight there.
+      high_water_ = to;
+    }
     fill = claim_fill_locked();
   }
   issue();
@@ -84,7 +88,7 @@ FillAheadDevice::Range FillAheadDevice::claim_fill_locked() {
   if (!refilling_) {
     const uint64_t left = filled_through_ > high_water_ ? filled_through_ - high_water_ : 0;
     if (window_ != 0 && left >= window_ / refill_divisor_) return {};
-    if (high_water_ >= device_end) return {};
+    if (high_water_ >= device_end || mean_advancing_write_ > small_write_) return {};
     const auto now = std::chrono::steady_clock::now();
     if (window_ == 0)
       window_ = unit_;

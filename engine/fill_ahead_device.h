@@ -42,6 +42,10 @@ class FillAheadDevice final : public BlockDevice {
     // whole window in one burst, ending with one flush: between bursts no allocation is left for the
     // writer's flushes to commit through the filesystem's journal.
     unsigned refill_divisor = 4;
+    // Refills start only while the writes that raise the highest offset average at most this much (a moving
+    // average): a large write pays the filesystem's allocation once for many blocks, so filling ahead of
+    // large writes (big chunks, sequential copies) would only double their traffic.
+    Bytes small_write{32u << 10};
   };
 
   struct Stats {
@@ -103,6 +107,7 @@ class FillAheadDevice final : public BlockDevice {
   const uint64_t unit_;
   const unsigned refill_divisor_;
   const std::chrono::milliseconds grow_within_;
+  const uint64_t small_write_;
 
   mutable std::mutex mutex_;
   std::condition_variable idle_;  // busy_ reached 0
@@ -114,6 +119,8 @@ class FillAheadDevice final : public BlockDevice {
   bool refilling_ = false;       // a burst is running: fills follow each other until the window is full
   uint64_t burst_zeroed_ = 0;  // bytes written by the running burst (a burst that wrote none skips the flush)
   std::chrono::steady_clock::time_point last_refill_;
+  uint64_t mean_advancing_write_ =
+      0;  // moving average (1/8) of the lengths of writes that raised high_water_
   struct Held {
     uint64_t to = 0;  // the end of the held I/O's range
     std::function<void()> issue;

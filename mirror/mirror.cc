@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <future>
 
+#include "engine/fan_in.h"
 #include "engine/file_device.h"
 #include "engine/io_ring.h"
 
@@ -122,6 +123,10 @@ Status Mirror::finish_create(std::unique_ptr<DirtyLog> log) {
   }
   log_ = std::move(log);
   hash_ = std::make_unique<RegionHash>(*log_);
+  // Regions out of sync at the start are held by the default leg (leg 0) only, as the kernel assumes.
+  if (log_->sync_count() < geometry_.region_count()) {
+    for (unsigned i = 1; i < legs_.size(); ++i) legs_[i].complete = false;
+  }
   KcopydOptions k;
   k.num_pages = options_.kcopyd_pages;
   k.throttle = throttle_;
@@ -183,18 +188,27 @@ char Mirror::health_char(const Leg& leg) {
   return leg.errors == 0 ? 'A' : 'U';
 }
 
+int Mirror::complete_leg_locked(int except) const {
+  for (unsigned i = 0; i < legs_.size(); ++i) {
+    if (static_cast<int>(i) != except && in_set_locked(i) && legs_[i].complete) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void Mirror::mark_legs_complete_locked() {
+  for (unsigned i = 0; i < legs_.size(); ++i) {
+    if (in_set_locked(i)) legs_[i].complete = true;
+  }
+}
+
 void Mirror::fail_leg_locked(unsigned leg, ErrorKind kind) {
   legs_[leg].error_kinds |= kind;
   ++legs_[leg].errors;
   if (leg == default_leg_ && !in_set_locked(leg)) {
     // The default leg is the resync source and the only reader of out-of-sync regions: hand the role to the
-    // first leg still in the set (as the kernel's fail_mirror).
-    for (unsigned i = 0; i < legs_.size(); ++i) {
-      if (in_set_locked(i)) {
-        default_leg_ = i;
-        break;
-      }
-    }
+    // first leg still in the set that holds every region (the kernel's fail_mirror moves it only while the
+    // mirror is in sync). With none, it stays: out-of-sync regions fail rather than read stale data.
+    if (const int next = complete_leg_locked(-1); next >= 0) default_leg_ = static_cast<unsigned>(next);
   }
   changed_.notify_all();
 }
@@ -372,6 +386,7 @@ void Mirror::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, Fi
 void Mirror::issue_read(const std::shared_ptr<ReadOp>& r) {
   BlockDevice* device = nullptr;
   int leg = -1;
+  bool split = false;
   {
     std::lock_guard lock(mutex_);
     // Asked again on every try: a leg may have failed a write to the range meanwhile.
@@ -379,14 +394,43 @@ void Mirror::issue_read(const std::shared_ptr<ReadOp>& r) {
     if (leg >= 0) {
       device = legs_[leg].device.get();
       ++legs_[leg].reads_in_flight;
+    } else if (r->tried != 0 && r->first != r->last) {
+      // Every leg failed this read, but each may have failed another region of it: the kernel never sends a
+      // bio across a region (max_io_len), so it retries region by region; so do we. Each region's read
+      // counts as I/O in flight; this one's count goes.
+      split = true;
+      io_in_flight_ += r->last.value() - r->first.value() + 1;
+      io_done_locked();
     } else {
       io_done_locked();
     }
   }
+  if (split) return split_read(r);
   if (leg < 0) return complete_async(std::move(r->done), EIO);
   device->read(
       r->offset, r->buffer,
       [this, r, leg](std::error_code ec) { read_done(r, static_cast<unsigned>(leg), ec); }, r->fixed);
+}
+
+void Mirror::split_read(const std::shared_ptr<ReadOp>& r) {
+  // Runs on the completion thread of a failed leg read (tried != 0), never inside the caller's read().
+  const uint64_t regions = r->last.value() - r->first.value() + 1;
+  auto fan = std::make_shared<FanIn>(static_cast<unsigned>(regions), std::move(r->done));
+  std::vector<std::shared_ptr<ReadOp>> pieces;
+  for (uint64_t k = r->first.value(); k <= r->last.value(); ++k) {
+    const RegionIndex region(k);
+    const Bytes start = std::max(r->offset, to_bytes(geometry_.start_of(region)));
+    const Bytes end = min(r->offset + Bytes(r->buffer.size()),
+                          to_bytes(geometry_.start_of(region) + geometry_.length_of(region)));
+    auto piece = std::make_shared<ReadOp>();
+    piece->offset = start;
+    piece->buffer = r->buffer.subspan((start - r->offset).value(), (end - start).value());
+    piece->fixed = r->fixed;
+    piece->done = [fan](std::error_code ec) { fan->arrive(ec); };
+    piece->first = piece->last = region;
+    pieces.push_back(std::move(piece));
+  }
+  for (auto& piece : pieces) issue_read(piece);
 }
 
 void Mirror::read_done(const std::shared_ptr<ReadOp>& r, unsigned leg, std::error_code ec) {
@@ -537,8 +581,8 @@ Result<std::unique_ptr<BlockDevice>> Mirror::replace_leg(const std::string& old_
   return replace_leg(index, std::move(new_leg));
 }
 
-Result<std::unique_ptr<BlockDevice>> Mirror::replace_leg(unsigned index,
-                                                         std::unique_ptr<BlockDevice> new_leg) {
+Result<std::unique_ptr<BlockDevice>> Mirror::replace_leg(unsigned index, std::unique_ptr<BlockDevice> new_leg,
+                                                         const std::function<void()>& while_suspended) {
   if (!new_leg) return Error::invalid("replace_leg: no new device");
   if (new_leg->read_only()) return Error::from_errno(EROFS, "new mirror leg " + new_leg->path());
   if (new_leg->size_in_sectors() < geometry_.mirror_size()) {
@@ -555,27 +599,29 @@ Result<std::unique_ptr<BlockDevice>> Mirror::replace_leg(unsigned index,
     return Error::invalid("new mirror leg " + new_leg->path() + " has a larger logical block size");
   std::unique_lock lock(mutex_);
   if (index >= legs_.size()) return Error::invalid("replace_leg: no leg " + std::to_string(index));
-  unsigned others = 0;
-  for (unsigned i = 0; i < legs_.size(); ++i)
-    if (i != index && in_set_locked(i)) ++others;
-  if (others == 0)
+  // Another leg must hold every region: the data of a region out of sync may be on the default leg only, and
+  // a leg still being resynced lacks the regions not copied yet.
+  if (complete_leg_locked(static_cast<int>(index)) < 0)
     return Error::invalid("mirror " + name_ + ": leg " + legs_[index].device->path() +
                           " is the only one holding the data");
   if (auto st = suspend(lock); !st) return st.error();
-  if (default_leg_ == index) {
-    for (unsigned i = 0; i < legs_.size(); ++i) {
-      if (i != index && in_set_locked(i)) {
-        default_leg_ = i;
-        break;
-      }
-    }
+  // Checked again: a leg may have failed while the I/O drained.
+  const int other = complete_leg_locked(static_cast<int>(index));
+  if (other < 0) {
+    resume(lock);
+    return Error::invalid("mirror " + name_ + ": leg " + legs_[index].device->path() +
+                          " is the only one holding the data");
   }
+  if (default_leg_ == index) default_leg_ = static_cast<unsigned>(other);
   std::unique_ptr<BlockDevice> old = std::move(legs_[index].device);
   legs_[index] = Leg{std::move(new_leg)};
+  // It holds none of the mirror's data until the resync below has copied every region to it.
+  legs_[index].complete = false;
   // The new leg holds nothing of the mirror: every region is copied to it.
   mark_all_out_of_sync_locked();
   lock.unlock();
   flush_log_wait();
+  if (while_suspended) while_suspended();
   lock.lock();
   resume(lock);
   return old;

@@ -12,7 +12,9 @@
 // Reads. A range whose regions are all in sync is read from one healthy leg: the least loaded of the legs
 // without errors, round-robin among equals (beyond the kernel, which reads the default leg); a range with a
 // region out of sync from the default leg only. A failed read marks the leg 'R' (it keeps being written) and
-// is retried on another leg that holds the data; EIO only when none is left.
+// is retried on another leg that holds the data; when every leg failed a read spanning regions, it is retried
+// region by region (the kernel's bios never span a region), so each region may come from another leg; EIO
+// only when no leg is left for a region.
 //
 // Resync (recovery.cc). Out-of-sync regions are copied from the default leg to the other healthy legs by
 // kcopyd, one job per region and up to resync_window regions at once (the kernel does one). The default
@@ -20,7 +22,15 @@
 // about 4 MiB on the device and the resync ran at 0.6-0.85x of fio's copy; 32 MiB in flight, as fio's and the
 // copy verb's, reaches it. A failed copy marks the leg 'S' ('S' on the default leg for a read error).
 // Progress and rate are in status(); the throttle (percent, bytes/s) may change at any time. A failing
-// default leg is replaced as default by the first healthy leg.
+// default leg hands the role to the first healthy leg known to hold every region (see below).
+//
+// The default role moves only to a leg that holds every region: a leg of a mirror that was in sync, or one
+// that has been in the set through a complete resync since it joined. A leg added by replace_leg, and at
+// creation every leg but the default when the log has regions out of sync, holds only the regions resynced
+// so far; handing it the role would make the resync copy its stale regions over the good legs (the storm
+// of tests/mirror/mirror_storm_test.cc found this). When no such leg is left, the role stays with the failed
+// leg, as the kernel's fail_mirror keeps a primary that failed while out of sync: out-of-sync regions then
+// fail with EIO instead of returning stale data, and replace_leg refuses to drop the last complete leg.
 //
 // Health per leg as the kernel prints it (§4.1): A, F (flush failed), D (write failed), S (resync failed), R
 // (read failed). F, D and S legs have left the set; R legs stay in it but are read only when no other leg can
@@ -145,7 +155,11 @@ class Mirror final : public BlockDevice {
   // Online migration: leg `index` (or the leg opened from old_path) is replaced by new_leg, which starts out
   // of sync everywhere and is resynced. Result: the old leg's device. Errors: no such leg, new_leg too small
   // or read-only, the old leg being the only one holding the data.
-  Result<std::unique_ptr<BlockDevice>> replace_leg(unsigned index, std::unique_ptr<BlockDevice> new_leg);
+  // while_suspended, if given, runs after the log durably marks every region out of sync and before I/O
+  // resumes: a caller that records the leg set elsewhere (the daemon's volume table) does it there, so that
+  // no crash pairs the old leg set with regions the resync has since marked in sync for the new one.
+  Result<std::unique_ptr<BlockDevice>> replace_leg(unsigned index, std::unique_ptr<BlockDevice> new_leg,
+                                                   const std::function<void()>& while_suspended = {});
   Result<std::unique_ptr<BlockDevice>> replace_leg(const std::string& old_path,
                                                    std::unique_ptr<BlockDevice> new_leg);
 
@@ -165,6 +179,8 @@ class Mirror final : public BlockDevice {
     unsigned error_kinds = 0;  // bits of ErrorKind
     uint64_t errors = 0;
     uint64_t reads_in_flight = 0;
+    // Holds every region (may be the default leg); false from replace_leg until every region is in sync.
+    bool complete = true;
   };
   enum ErrorKind : unsigned { kWriteError = 1, kFlushError = 2, kSyncError = 4, kReadError = 8 };
   struct WriteOp;
@@ -179,6 +195,10 @@ class Mirror final : public BlockDevice {
 
   // Requires mutex_.
   bool in_set_locked(unsigned leg) const { return (legs_[leg].error_kinds & ~unsigned{kReadError}) == 0; }
+  // The first leg in the set, other than `except`, that may be the default: -1 when none.
+  int complete_leg_locked(int except) const;
+  // Every region is in sync: every leg in the set holds them all.
+  void mark_legs_complete_locked();
   void fail_leg_locked(unsigned leg, ErrorKind kind);
   bool range_in_sync_locked(RegionIndex first, RegionIndex last) const;
   // A leg to read a range from, not in `tried`: -1 when none holds the data.
@@ -190,6 +210,8 @@ class Mirror final : public BlockDevice {
   void leg_write_done(const std::shared_ptr<WriteOp>& w, unsigned leg, std::error_code ec);
   void issue_read(const std::shared_ptr<ReadOp>& r);
   void read_done(const std::shared_ptr<ReadOp>& r, unsigned leg, std::error_code ec);
+  // A read every leg failed, spanning regions: retried as one read per region (their I/O already counted).
+  void split_read(const std::shared_ptr<ReadOp>& r);
   // Flushes every leg in the set; done(ok) with ok false when any failed (each such leg gets 'F'). Result of
   // the caller's flush: EIO when no leg flushed.
   void flush_legs(std::function<void(bool all_ok, bool any_ok)> done);

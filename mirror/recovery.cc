@@ -77,9 +77,8 @@ bool Mirror::wait_in_sync(std::chrono::milliseconds timeout) {
 
 void Mirror::schedule_recovery_locked(Actions& after) {
   if (!resync_enabled_ || holding_ || stopping_) return;
-  bool any_leg = false;
-  for (unsigned i = 0; i < legs_.size(); ++i) any_leg = any_leg || in_set_locked(i);
-  if (!any_leg) return;
+  // The source must hold the data: a default leg out of the set means no leg in it holds every region.
+  if (!in_set_locked(default_leg_)) return;
   while (copies_in_flight_ < options_.resync_window) {
     auto r = log_->get_resync_work();
     if (!r) {
@@ -145,6 +144,8 @@ void Mirror::finish_recovery_locked(RegionIndex r, bool ok, Actions& after) {
   std::vector<RegionHash::Parked> released;
   hash_->end_recovery(r, ok, released);
   for (auto& p : released) after.push_back(std::move(p));
+  // The last region copied: every leg still in the set now holds every region.
+  if (ok && log_->sync_count() == geometry_.region_count()) mark_legs_complete_locked();
   log_touched_ = true;
   --copies_in_flight_;
   // Every waiter on changed_ waits for the window to empty; waking them once per region made a thread switch

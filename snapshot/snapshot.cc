@@ -136,12 +136,19 @@ void Snapshot::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, 
       origin_.device_->read(p.device_offset, span,
                             [this, fan, tracked = std::move(p.tracked)](std::error_code ec) {
                               std::vector<std::function<void()>> after;
+                              bool invalidated = false;
                               {
                                 std::lock_guard lock(origin_.mutex_);
                                 for (uint64_t c : tracked) untrack_read_locked(ChunkIndex(c), after);
+                                // Invalidated while this read was at the origin: a failed copy does not wait
+                                // for the reads of its chunk (only a committed exception does, above), so the
+                                // origin write may have overtaken this read and it may hold the new data. The
+                                // snapshot is invalid anyway: EIO, never the wrong data. (The invalidation is
+                                // set before the origin write is let go.)
+                                invalidated = !valid_;
                               }
                               for (auto& a : after) a();
-                              fan->arrive(ec);
+                              fan->arrive(ec ? ec : invalidated ? eio() : std::error_code());
                             });
     }
   }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <thread>
 #include <utility>
 
 #include "engine/file_device.h"
@@ -45,6 +46,8 @@ namespace {
 
 // How long a removal waits for the kernel's RELEASE of a view that was just closed.
 constexpr std::chrono::milliseconds kCloseGrace(1000);
+// How long load() retries devices still locked by a daemon that died just before (see open_device).
+constexpr std::chrono::milliseconds kLoadLockWait(3000);
 
 // Runs an undo action at scope exit unless dismissed: each step of a request registers how to take itself
 // back, so a failure at any later step leaves nothing behind.
@@ -63,9 +66,20 @@ class Undo {
   std::vector<std::function<void()>> actions_;
 };
 
-Result<std::unique_ptr<BlockDevice>> open_device(const std::string& path) {
+// Opens a target's device. A lock conflict (EBUSY) is retried until wait_until: a daemon that was just
+// SIGKILLed holds its files' locks for a while (measured up to 85 ms; its io_uring is torn down after it
+// dies).
+Result<std::unique_ptr<BlockDevice>> open_device(const std::string& path,
+                                                 std::chrono::steady_clock::time_point wait_until = {}) {
   if (Status s = check_device_path(path); !s) return s.error();
   auto dev = FileDevice::open(path, OpenOptions{});
+  for (auto pause = std::chrono::milliseconds(5);
+       !dev && dev.error().code() == std::errc::device_or_resource_busy &&
+       std::chrono::steady_clock::now() + pause < wait_until;
+       pause = std::min(pause * 2, std::chrono::milliseconds(200))) {
+    std::this_thread::sleep_for(pause);  // a bounded back-off, not a synchronisation: the holder is gone
+    dev = FileDevice::open(path, OpenOptions{});
+  }
   if (!dev) return dev.error();
   // As the kernel refuses a zero-length target: an empty volume is a mistake, not a volume.
   if (dev.value()->size().value() == 0) return Error::invalid("device " + path + " is empty (0 bytes)");
@@ -216,6 +230,12 @@ Status TargetSet::save_locked() {
 
 Status TargetSet::load(const VolumeTable& table) {
   std::lock_guard lock(mutex_);
+  // Every device of the table gets the same few seconds to be released by a previous daemon that died.
+  lock_wait_until_ = std::chrono::steady_clock::now() + kLoadLockWait;
+  struct Reset {
+    std::chrono::steady_clock::time_point& until;
+    ~Reset() { until = {}; }
+  } reset{lock_wait_until_};
   bool dropped = false;
   for (const OriginEntry& e : table.origins) load_origin(e);
   for (const SnapshotEntry& e : table.snapshots) {
@@ -229,6 +249,16 @@ Status TargetSet::load(const VolumeTable& table) {
     }
     load_snapshot(e);
   }
+  // Merges resume only once every snapshot is attached: an origin takes no new snapshot while it merges, and
+  // a snapshot left out would miss the copies the merge makes for the others (and read wrong data later).
+  for (const auto& s : snapshots_) {
+    if (!s->entry.merging || s->snapshot == nullptr) continue;
+    OriginTarget* o = find_origin(s->entry.origin);
+    if (Status st = start_merge_locked(*o, *s); !st)
+      log_line("the merge of snapshot " + s->entry.name + " did not resume: " + st.error().message());
+    else
+      log_line("resuming the merge of snapshot " + s->entry.name + " into " + s->entry.origin);
+  }
   for (const MirrorEntry& e : table.mirrors) load_mirror(e);
   return dropped ? save_locked() : Status{};
 }
@@ -240,7 +270,7 @@ void TargetSet::load_origin(const OriginEntry& entry) {
     t->failure = why;
     log_line("origin " + entry.name + " failed to load: " + why);
   };
-  if (auto dev = open_device(entry.device); !dev) {
+  if (auto dev = open_device(entry.device, lock_wait_until_); !dev) {
     fail(dev.error().message());
   } else if (auto origin = Origin::create(std::move(dev).value()); !origin) {
     fail(origin.error().message());
@@ -265,7 +295,7 @@ void TargetSet::load_snapshot(const SnapshotEntry& entry) {
   };
   OriginTarget* o = find_origin(entry.origin);
   if (o == nullptr || !o->origin) return fail("its origin " + entry.origin + " is not loaded");
-  auto cow = open_device(entry.cow);
+  auto cow = open_device(entry.cow, lock_wait_until_);
   if (!cow) return fail(cow.error().message());
   auto snap = o->origin->attach_snapshot(entry.name, std::move(cow).value(), entry.writable);
   if (!snap) return fail(snap.error().message());
@@ -277,13 +307,7 @@ void TargetSet::load_snapshot(const SnapshotEntry& entry) {
     return fail("its COW " + entry.cow + " has chunk size " + human_size(chunk.value()) +
                 ", the table says " + human_size(entry.chunk_size.value()));
   }
-  if (entry.merging) {
-    if (Status st = start_merge_locked(*o, s); !st)
-      log_line("the merge of snapshot " + entry.name + " did not resume: " + st.error().message());
-    else
-      log_line("resuming the merge of snapshot " + entry.name + " into " + entry.origin);
-    return;
-  }
+  if (entry.merging) return;  // resumed by load() once every snapshot is attached; its view stays hidden
   if (Status st = show_snapshot(*o, s); !st) fail(st.error().message());
 }
 
@@ -291,7 +315,7 @@ Result<std::shared_ptr<Mirror>> TargetSet::build_mirror(const MirrorEntry& entry
                                                         std::unique_ptr<BlockDevice>& log_device) {
   std::vector<std::unique_ptr<BlockDevice>> legs;
   for (const std::string& path : entry.legs) {
-    auto dev = open_device(path);
+    auto dev = open_device(path, lock_wait_until_);
     if (!dev) return dev.error();
     legs.push_back(std::move(dev).value());
   }
@@ -303,7 +327,7 @@ Result<std::shared_ptr<Mirror>> TargetSet::build_mirror(const MirrorEntry& entry
     if (!log) return log.error();
     mirror = Mirror::create(std::move(legs), std::unique_ptr<DirtyLog>(std::move(log).value()), options);
   } else {
-    auto dev = open_device(entry.log_device);
+    auto dev = open_device(entry.log_device, lock_wait_until_);
     if (!dev) return dev.error();
     log_device = std::move(dev).value();
     BlockDevice& logdev = *log_device;
@@ -378,6 +402,19 @@ Status TargetSet::add_origin(const std::string& name, const std::string& device)
   return {};
 }
 
+bool TargetSet::path_in_use_locked(const std::string& path) const {
+  for (const auto& o : origins_)
+    if (o->entry.device == path) return true;
+  for (const auto& s : snapshots_)
+    if (s->entry.cow == path) return true;
+  for (const auto& m : mirrors_) {
+    if (m->entry.log_device == path) return true;
+    for (const std::string& leg : m->entry.legs)
+      if (leg == path) return true;
+  }
+  return false;
+}
+
 Status TargetSet::create_snapshot(const SnapshotRequest& r) {
   std::lock_guard lock(mutex_);
   if (Status s = check_open(); !s) return s;
@@ -402,6 +439,9 @@ Status TargetSet::create_snapshot(const SnapshotRequest& r) {
     Bytes size = r.cow_size ? *r.cow_size : PersistentStore::device_size_for(o->origin->size(), chunk);
     if (size.value() % kSectorSize != 0)
       return Error::invalid("COW size " + std::to_string(size.value()) + " is not a multiple of 512 bytes");
+    // A default COW file that no target uses is what a create cut short (a crash between making the file and
+    // saving the table) leaves in the state directory: the daemon made it, nobody was told of it.
+    if (!path_in_use_locked(cow_path)) ::unlink(cow_path.c_str());
     if (Status s = make_sparse_file(cow_path, size); !s) return s;
     undo.add([cow_path] { ::unlink(cow_path.c_str()); });
   }
@@ -521,8 +561,9 @@ void TargetSet::merge_finished(const std::string& name, Status result) {
   const SnapshotEntry entry = s->entry;
   snapshots_.erase(std::find_if(snapshots_.begin(), snapshots_.end(),
                                 [&](const auto& t) { return t->entry.name == name; }));
-  if (entry.cow_is_default) ::unlink(entry.cow.c_str());
+  // The table first: a crash between the two leaves an unused file, never an entry without its COW.
   if (Status st = save_locked(); !st) log_line("merge of " + name + " done, but " + st.error().message());
+  if (entry.cow_is_default) ::unlink(entry.cow.c_str());
   log_line("merge of snapshot " + name + " into " + entry.origin + " is done");
 }
 
@@ -602,12 +643,17 @@ Status TargetSet::replace_leg(const std::string& name, const std::string& old_de
   auto dev = open_device(new_device);
   if (!dev) return dev.error();
   const unsigned index = static_cast<unsigned>(it - legs.begin());
-  auto old = m->mirror->replace_leg(index, std::move(dev).value());
+  // The table names the new leg before any I/O reaches it: a crash then finds either the old legs with every
+  // region out of sync (all resynced again) or the new ones.
+  Status saved;
+  auto old = m->mirror->replace_leg(index, std::move(dev).value(), [&] {
+    *it = new_device;
+    saved = save_locked();
+  });
   if (!old) return old.error();
-  *it = new_device;
-  if (Status s = save_locked(); !s)
-    return Error(s.error().code(),
-                 "the leg was replaced, but the table was not saved: " + s.error().message());
+  if (!saved)
+    return Error(saved.error().code(),
+                 "the leg was replaced, but the table was not saved: " + saved.error().message());
   log_line("mirror " + name + ": leg " + old_device + " replaced by " + new_device);
   return {};
 }
@@ -669,8 +715,10 @@ Status TargetSet::remove(const std::string& name) {
     const SnapshotEntry entry = s->entry;
     snapshots_.erase(
         std::find_if(snapshots_.begin(), snapshots_.end(), [&](const auto& t) { return t.get() == s; }));
+    // The table first: a crash between the two leaves an unused file, never an entry without its COW.
+    Status saved = save_locked();
     if (entry.cow_is_default) ::unlink(entry.cow.c_str());
-    return save_locked();
+    return saved;
   }
   if (MirrorTarget* m = find_mirror(name)) {
     if (m->mirror) {
@@ -682,8 +730,9 @@ Status TargetSet::remove(const std::string& name) {
     const MirrorEntry entry = m->entry;
     mirrors_.erase(
         std::find_if(mirrors_.begin(), mirrors_.end(), [&](const auto& t) { return t.get() == m; }));
+    Status saved = save_locked();
     if (entry.log_is_default) ::unlink(entry.log_device.c_str());
-    return save_locked();
+    return saved;
   }
   return not_found(name);
 }

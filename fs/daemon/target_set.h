@@ -15,6 +15,7 @@
 // merge_finished().
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -113,6 +114,8 @@ class TargetSet {
   Status start_merge_locked(OriginTarget& o, SnapshotTarget& s);
   void merge_finished(const std::string& name, Status result);
   std::string default_path(const std::string& name, const char* suffix) const;
+  // Whether a target's table entry names path (as written: the daemon names its own files one way).
+  bool path_in_use_locked(const std::string& path) const;
 
   // Constant after construction.
   const std::string state_dir_;
@@ -126,6 +129,9 @@ class TargetSet {
   std::vector<std::unique_ptr<SnapshotTarget>> snapshots_;
   std::vector<std::unique_ptr<MirrorTarget>> mirrors_;
   bool closed_ = false;
+  // While load() runs: how long a device locked by another holder is retried (a daemon SIGKILLed just
+  // before this one started still holds its locks for a moment). The epoch (never) otherwise.
+  std::chrono::steady_clock::time_point lock_wait_until_{};
 };
 
 }  // namespace kcopyfs::daemon

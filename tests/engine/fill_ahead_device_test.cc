@@ -79,6 +79,25 @@ TEST(FillAheadDevice, FillsTheHolesAheadOfTheHighestWriteAndNothingElse) {
     EXPECT_TRUE(file_matches_pattern(path, at, 4 * KiB, at, 0));
 }
 
+TEST(FillAheadDevice, LargeWritesStartNoFillAndSmallOnesStartThemAgain) {
+  ShmDir dir;
+  const std::string path = dir.file("cow");
+  make_sparse_file(path, 64 * MiB);
+  FillAheadDevice dev(open_device(path), small_window());
+  // Sequential 1 MiB writes (a large-chunk store, a sequential copy): filling ahead would double the traffic.
+  for (uint64_t i = 0; i < 4; ++i) ASSERT_FALSE(write_and_wait(dev, i * MiB, pattern(i, 0, 1 * MiB)));
+  ASSERT_TRUE(dev.wait_idle(kIdle));
+  EXPECT_EQ(dev.stats().bytes_zeroed, 0u);
+  EXPECT_TRUE(hole(path, 4 * MiB, 60 * MiB));
+  // Small first writes (4 KiB chunks) bring the mean down, and filling starts.
+  uint64_t at = 4 * MiB;
+  for (int i = 0; i < 64; ++i, at += 4 * KiB) ASSERT_FALSE(write_and_wait(dev, at, pattern(at, 0, 4 * KiB)));
+  ASSERT_TRUE(dev.wait_idle(kIdle));
+  EXPECT_GT(dev.stats().bytes_zeroed, 0u);
+  EXPECT_TRUE(allocated(path, at, 512 * KiB));
+  for (uint64_t i = 0; i < 4; ++i) EXPECT_TRUE(file_matches_pattern(path, i * MiB, 1 * MiB, i, 0));
+}
+
 TEST(FillAheadDevice, NeverWritesOverDataAndStopsAtTheEnd) {
   ShmDir dir;
   const std::string path = dir.file("cow");

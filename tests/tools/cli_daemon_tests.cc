@@ -419,6 +419,24 @@ TEST(Snapshot, AttachAgainAfterRemove) {
   EXPECT_TRUE(same_bytes(contents(m.origin_view("data")), new_data));
 }
 
+TEST(Snapshot, CreateReplacesADefaultCowLeftByACreateCutShort) {
+  REQUIRE_ROOT();
+  MOUNT_OK(m);
+  const std::string image = make_image(m, "data.img", 8);
+  RUN_OK(m.origin_add("data", image));
+  // What a daemon killed between making s1.cow and saving the table leaves: a file nobody uses.
+  test::write_pattern_file(m.state_dir() + "/s1.cow", 64 * 1024, 80);
+  RUN_OK(m.snapshot_create("data", "s1"));
+  EXPECT_EQ(m.target("s1").value("state", ""), "active");
+  EXPECT_TRUE(same_bytes(contents(m.snapshot_view("s1")), pattern_string(8, 0, kImage)));
+  // A file a target uses is never taken: here s2's COW, named by the user, is where s3's default would go.
+  test::make_sparse_file(m.state_dir() + "/s3.cow", 8 * kMiB);
+  RUN_OK(m.snapshot_create("data", "s2", {"--cow", m.state_dir() + "/s3.cow"}));
+  const CommandResult refused = m.snapshot_create("data", "s3");
+  EXPECT_FALSE(refused.ok()) << refused;
+  EXPECT_EQ(m.target("s2").value("state", ""), "active");
+}
+
 TEST(Snapshot, MergeWaitRollsTheOriginBack) {
   REQUIRE_ROOT();
   MOUNT_OK(m);
