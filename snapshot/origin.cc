@@ -469,18 +469,37 @@ void Origin::invalidate_locked(Snapshot& s, Actions& after) {
   ExceptionStore* store = s.store_.get();
   Snapshot* sp = &s;
   after.push_back([this, store, sp] {
-    // Whether or not the header write succeeded, the kernel lets the writes go on (it only warns).
-    store->invalidate([this, sp](bool) {
-      Actions waiters;
-      {
-        std::lock_guard lock(mutex_);
-        sp->header_pending_ = false;
-        waiters.swap(sp->header_waiters_);
-        changed_.notify_all();
-      }
-      run(waiters);
+    store->invalidate([this, sp](bool ok) {
+      auto release = [this, sp] {
+        Actions waiters;
+        {
+          std::lock_guard lock(mutex_);
+          sp->header_pending_ = false;
+          waiters.swap(sp->header_waiters_);
+          changed_.notify_all();
+        }
+        run(waiters);
+      };
+      // The kernel lets the writes go on even when the header write failed (it only warns); a recorder may
+      // keep the invalidation where the failing COW device cannot.
+      if (!ok && recorder_) return recorder_(sp->name_, release);
+      release();
     });
   });
+}
+
+Status Origin::invalidate_snapshot(const std::string& name) {
+  Actions after;
+  {
+    std::lock_guard lock(mutex_);
+    Snapshot* s = nullptr;
+    for (auto& snap : snapshots_)
+      if (snap->name_ == name) s = snap.get();
+    if (s == nullptr) return Error::invalid("no snapshot " + name);
+    invalidate_locked(*s, after);
+  }
+  run(after);
+  return {};
 }
 
 void Origin::issue_device_write(const std::shared_ptr<Write>& w) {

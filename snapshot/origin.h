@@ -66,6 +66,18 @@ class Origin final : public BlockDevice {
   // in the background (engine/fill_ahead_device.h; only for COW devices that are regular files). Default on:
   // a first write into a hole of a sparse file costs the filesystem's block allocation on the latency path.
   void set_cow_fill_ahead(bool on) { cow_fill_ahead_ = on; }
+  // Called when a snapshot was invalidated but its store could not record it (the header write with valid = 0
+  // failed: the COW device is failing), with the snapshot's name and a continuation. The origin writes that
+  // caused the invalidation wait until the continuation runs, so a caller that records the invalidation
+  // elsewhere (the daemon's volume table) does so before the origin changes under the snapshot. Without a
+  // recorder they go on at once, as the kernel's do, and a reload would find the snapshot valid. Set it
+  // before any I/O; it runs on an I/O completion thread and must not block (hand the work to another thread).
+  using InvalidationRecorder = std::function<void(const std::string& name, std::function<void()> done)>;
+  void set_invalidation_recorder(InvalidationRecorder recorder) { recorder_ = std::move(recorder); }
+  // Makes the snapshot invalid (EIO for its I/O from now on) and writes that into its store's header. For a
+  // snapshot the caller knows was invalidated before (a reload whose header write had failed). Errors: no
+  // such snapshot.
+  Status invalidate_snapshot(const std::string& name);
 
   // Starts rolling the origin back to the snapshot (snapshot-merge, kernel-dm-notes.md §2.9; merge.cc). From
   // this call on the origin view shows the snapshot's content and stays usable; the snapshot's own view fails
@@ -143,6 +155,7 @@ class Origin final : public BlockDevice {
   const std::unique_ptr<BlockDevice> device_;
   std::unique_ptr<KcopydClient> kcopyd_;
   std::atomic<bool> cow_fill_ahead_{true};  // set between snapshot creations, read when one is made
+  InvalidationRecorder recorder_;           // set before any I/O
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;  // writes drained, pending exceptions completed

@@ -210,7 +210,7 @@ Status Daemon::start() {
   targets_ = std::make_unique<TargetSet>(
       options_.state_dir, *views_,
       [table_path](const VolumeTable& t) { return save_volume_table(table_path, t); },
-      [this](std::function<void()> work) { (void)loop_.post(std::move(work)); });
+      [this](std::function<void()> work) { return loop_.post(std::move(work)); });
   if (Status s = targets_->load(table.value()); !s) return s;
 
   auto control = ControlServer::start(options_.state_dir, ::geteuid(),

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <iostream>
 #include <thread>
 #include <utility>
@@ -137,10 +138,66 @@ bool same_device(const std::string& a, const std::string& b) {
 
 TargetSet::TargetSet(std::string state_dir, fs::ViewServer& views,
                      std::function<Status(const VolumeTable&)> save,
-                     std::function<void(std::function<void()>)> post)
-    : state_dir_(std::move(state_dir)), views_(views), save_(std::move(save)), post_(std::move(post)) {}
+                     std::function<bool(std::function<void()>)> post)
+    : state_dir_(std::move(state_dir)), views_(views), save_(std::move(save)), post_(std::move(post)) {
+  recorder_thread_ = std::thread([this] { recorder_loop(); });
+}
 
-TargetSet::~TargetSet() { (void)close(); }
+TargetSet::~TargetSet() {
+  (void)close();
+  {
+    std::lock_guard lock(recorder_mutex_);
+    recorder_stop_ = true;
+  }
+  recorder_wake_.notify_all();
+  recorder_thread_.join();
+}
+
+std::string TargetSet::invalid_mark(const std::string& name) const { return default_path(name, ".invalid"); }
+
+namespace {
+
+// Writes the invalidation mark durably (the file, then its directory entry).
+void write_invalid_mark(const std::string& path, const std::string& dir) {
+  UniqueFd fd(::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600));
+  const std::string text = "invalidated; its COW header could not be written\n";
+  bool ok = fd.valid() && ::write(fd.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+            ::fsync(fd.get()) == 0;
+  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ok = ok && d.valid() && ::fsync(d.get()) == 0;
+  if (!ok) log_line("could not record the invalidation in " + path + ": " + std::strerror(errno));
+}
+
+}  // namespace
+
+Origin::InvalidationRecorder TargetSet::invalidation_recorder() {
+  return [this](const std::string& name, std::function<void()> done) {
+    std::unique_lock lock(recorder_mutex_);
+    if (recorder_stop_) {
+      lock.unlock();
+      write_invalid_mark(invalid_mark(name), state_dir_);
+      return done();
+    }
+    recorder_queue_.emplace_back(name, std::move(done));
+    recorder_wake_.notify_all();
+  };
+}
+
+void TargetSet::recorder_loop() {
+  std::unique_lock lock(recorder_mutex_);
+  for (;;) {
+    recorder_wake_.wait(lock, [this] { return recorder_stop_ || !recorder_queue_.empty(); });
+    if (recorder_queue_.empty()) return;  // stopping, and nothing left
+    auto [name, done] = std::move(recorder_queue_.front());
+    recorder_queue_.pop_front();
+    lock.unlock();
+    write_invalid_mark(invalid_mark(name), state_dir_);
+    log_line("snapshot " + name +
+             ": invalidated, and its COW header could not say so: " + invalid_mark(name) + " does");
+    done();
+    lock.lock();
+  }
+}
 
 std::string TargetSet::default_path(const std::string& name, const char* suffix) const {
   return state_dir_ + "/" + name + suffix;
@@ -276,6 +333,7 @@ void TargetSet::load_origin(const OriginEntry& entry) {
     fail(origin.error().message());
   } else {
     t->origin = std::shared_ptr<Origin>(std::move(origin).value());
+    t->origin->set_invalidation_recorder(invalidation_recorder());
     if (Status s = views_.add_volume(fs::VolumeKind::origin, entry.name, t->origin); !s) {
       t->origin.reset();
       fail(s.error().message());
@@ -306,6 +364,11 @@ void TargetSet::load_snapshot(const SnapshotEntry& entry) {
     (void)o->origin->remove_snapshot(entry.name);
     return fail("its COW " + entry.cow + " has chunk size " + human_size(chunk.value()) +
                 ", the table says " + human_size(entry.chunk_size.value()));
+  }
+  if (::access(invalid_mark(entry.name).c_str(), F_OK) == 0 && s.snapshot->status().valid) {
+    // Its header still says valid because the write that would have said otherwise failed.
+    (void)o->origin->invalidate_snapshot(entry.name);
+    log_line("snapshot " + entry.name + " is invalid (" + invalid_mark(entry.name) + ")");
   }
   if (entry.merging) return;  // resumed by load() once every snapshot is attached; its view stays hidden
   if (Status st = show_snapshot(*o, s); !st) fail(st.error().message());
@@ -392,6 +455,7 @@ Status TargetSet::add_origin(const std::string& name, const std::string& device)
   auto t = std::make_unique<OriginTarget>();
   t->entry = OriginEntry{name, device};
   t->origin = std::shared_ptr<Origin>(std::move(origin).value());
+  t->origin->set_invalidation_recorder(invalidation_recorder());
   if (Status s = views_.add_volume(fs::VolumeKind::origin, name, t->origin); !s) return s;
   origins_.push_back(std::move(t));
   if (Status s = save_locked(); !s) {
@@ -422,6 +486,7 @@ Status TargetSet::create_snapshot(const SnapshotRequest& r) {
   auto found = loaded_origin(r.origin);
   if (!found) return found.error();
   OriginTarget* o = found.value();
+  ::unlink(invalid_mark(r.name).c_str());  // left by an earlier snapshot of this name, removed by hand
   if (r.chunk_size.value() % kSectorSize != 0)
     return Error::invalid("chunk size " + std::to_string(r.chunk_size.value()) +
                           " is not a multiple of 512 bytes");
@@ -480,6 +545,7 @@ Status TargetSet::attach_snapshot(const std::string& origin_name, const std::str
   auto found = loaded_origin(origin_name);
   if (!found) return found.error();
   OriginTarget* o = found.value();
+  ::unlink(invalid_mark(name).c_str());  // left by an earlier snapshot of this name, removed by hand
   auto cow = open_device(cow_path);
   if (!cow) return cow.error();
   auto snap = o->origin->attach_snapshot(name, std::move(cow).value(), writable);
@@ -718,6 +784,7 @@ Status TargetSet::remove(const std::string& name) {
     // The table first: a crash between the two leaves an unused file, never an entry without its COW.
     Status saved = save_locked();
     if (entry.cow_is_default) ::unlink(entry.cow.c_str());
+    ::unlink(invalid_mark(entry.name).c_str());
     return saved;
   }
   if (MirrorTarget* m = find_mirror(name)) {

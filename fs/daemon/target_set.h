@@ -16,12 +16,15 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -57,9 +60,9 @@ class TargetSet {
  public:
   // views must outlive the set. save is called with the new table after every change (it writes the
   // volume table file); an operation whose save fails is undone and fails with save's error. post hands work
-  // to the daemon's main loop (never runs it inline).
+  // to the daemon's main loop (never runs it inline); false when the loop takes no more work (shutting down).
   TargetSet(std::string state_dir, fs::ViewServer& views, std::function<Status(const VolumeTable&)> save,
-            std::function<void(std::function<void()>)> post);
+            std::function<bool(std::function<void()>)> post);
   // Calls close() if it has not run.
   ~TargetSet();
   TargetSet(const TargetSet&) = delete;
@@ -113,6 +116,13 @@ class TargetSet {
   Status show_snapshot(OriginTarget& o, SnapshotTarget& s);
   Status start_merge_locked(OriginTarget& o, SnapshotTarget& s);
   void merge_finished(const std::string& name, Status result);
+  // STATE_DIR/NAME.invalid: the mark of a snapshot invalidated while its COW header could not say so.
+  std::string invalid_mark(const std::string& name) const;
+  // The origins' InvalidationRecorder: writes the mark durably on recorder_thread_, then lets the origin's
+  // writes go on. Never takes mutex_: a request holding it may be waiting for those very writes (a snapshot
+  // create drains the origin's writes).
+  Origin::InvalidationRecorder invalidation_recorder();
+  void recorder_loop();
   std::string default_path(const std::string& name, const char* suffix) const;
   // Whether a target's table entry names path (as written: the daemon names its own files one way).
   bool path_in_use_locked(const std::string& path) const;
@@ -121,7 +131,7 @@ class TargetSet {
   const std::string state_dir_;
   fs::ViewServer& views_;
   const std::function<Status(const VolumeTable&)> save_;
-  const std::function<void(std::function<void()>)> post_;
+  const std::function<bool(std::function<void()>)> post_;
 
   mutable std::mutex mutex_;
   // Guarded by mutex_. In table order; snapshots in creation order.
@@ -129,6 +139,12 @@ class TargetSet {
   std::vector<std::unique_ptr<SnapshotTarget>> snapshots_;
   std::vector<std::unique_ptr<MirrorTarget>> mirrors_;
   bool closed_ = false;
+  // The invalidation marks to write (invalidation_recorder), guarded by recorder_mutex_, not mutex_.
+  std::mutex recorder_mutex_;
+  std::condition_variable recorder_wake_;
+  std::deque<std::pair<std::string, std::function<void()>>> recorder_queue_;
+  bool recorder_stop_ = false;
+  std::thread recorder_thread_;
   // While load() runs: how long a device locked by another holder is retried (a daemon SIGKILLed just
   // before this one started still holds its locks for a moment). The epoch (never) otherwise.
   std::chrono::steady_clock::time_point lock_wait_until_{};

@@ -185,6 +185,17 @@ class NbdDevice {
   bool ready_ = false;
 };
 
+// At scope exit, also on failure: the kcopyfs mount goes first, then nbdfuse (the daemon holds its file
+// open).
+struct Teardown {
+  KcopyfsMount& m;
+  std::unique_ptr<NbdDevice>& nbd;
+  ~Teardown() {
+    m.cleanup();
+    nbd.reset();
+  }
+};
+
 // The error filter failing `rate` of reads with EIO and of writes (and zeroes) with ENOSPC while trigger
 // exists, and the delay filter adding latency to every read and write.
 std::vector<std::string> storm_filters(const std::string& trigger, const std::string& rate) {
@@ -236,17 +247,9 @@ TEST(FaultStorm, MirrorLegStormsThenIsReplaced) {
   write_pattern_file(good, kSize, seed);
   write_pattern_file(bad, kSize, seed);
   make_sparse_file(fresh, kSize);
-  // Declared after the mount, so destroyed (unmounted) before the kcopyfs cleanup... which must go first:
-  // the daemon holds the nbdfuse file open. Hence the explicit order in `teardown` below.
+  // Declared after the mount, so it would be destroyed first; `teardown` puts the kcopyfs cleanup first.
   auto nbd = std::make_unique<NbdDevice>(m.file("nbd"), bad, storm_filters(trigger, "20%"), trigger);
-  struct Teardown {
-    KcopyfsMount& m;
-    std::unique_ptr<NbdDevice>& nbd;
-    ~Teardown() {
-      m.cleanup();
-      nbd.reset();
-    }
-  } teardown{m, nbd};
+  Teardown teardown{m, nbd};
   ASSERT_TRUE(nbd->ready()) << nbd->describe();
 
   std::string model = bytes_of(seed, 0, kSize);
@@ -340,14 +343,7 @@ TEST(FaultStorm, MirrorLegLatencyOnlySlowsDown) {
   auto nbd = std::make_unique<NbdDevice>(
       m.file("nbd"), slow, std::vector<std::string>{"--filter=delay", "delay-read=3ms", "delay-write=5ms"},
       m.file("unused-trigger"));
-  struct Teardown {
-    KcopyfsMount& m;
-    std::unique_ptr<NbdDevice>& nbd;
-    ~Teardown() {
-      m.cleanup();
-      nbd.reset();
-    }
-  } teardown{m, nbd};
+  Teardown teardown{m, nbd};
   ASSERT_TRUE(nbd->ready()) << nbd->describe();
   std::string model = bytes_of(seed, 0, kSize);
   const CommandResult create =
@@ -399,14 +395,7 @@ TEST(FaultStorm, SnapshotCowStormsOriginGoesOn) {
   write_pattern_file(origin, kSize, seed);
   make_sparse_file(cow, kSize + 2 * kMiB);  // never overflows: the origin's chunks and their metadata
   auto nbd = std::make_unique<NbdDevice>(m.file("nbd"), cow, storm_filters(trigger, "25%"), trigger);
-  struct Teardown {
-    KcopyfsMount& m;
-    std::unique_ptr<NbdDevice>& nbd;
-    ~Teardown() {
-      m.cleanup();
-      nbd.reset();
-    }
-  } teardown{m, nbd};
+  Teardown teardown{m, nbd};
   ASSERT_TRUE(nbd->ready()) << nbd->describe();
 
   ASSERT_TRUE(m.origin_add("o", origin).ok());
@@ -486,6 +475,67 @@ TEST(FaultStorm, SnapshotCowStormsOriginGoesOn) {
   const CommandResult umount = m.umount();
   ASSERT_TRUE(umount.ok()) << umount;
   EXPECT_TRUE(read_all(origin) == model) << "the origin device differs from the model";
+}
+
+// Every write to the COW fails, the one that would mark its header invalid too: the daemon keeps the
+// invalidation in STATE/NAME.invalid before the origin write goes on, and a remount (the COW healthy again)
+// attaches the snapshot as invalid and writes its header at last. Without the mark it would come back valid,
+// missing the chunk the origin has since overwritten.
+TEST(FaultStorm, InvalidationOutlivesAFailedHeaderWrite) {
+  REQUIRE_ROOT_AND_NBD();
+  constexpr uint64_t kSize = 4 * kMiB;
+  const uint64_t seed = storm_seed(3);
+  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
+  KcopyfsMount m;
+  ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
+  const std::string origin = m.file("origin.img"), cow = m.file("cow.img"), trigger = m.file("storm");
+  write_pattern_file(origin, kSize, seed);
+  make_sparse_file(cow, kSize + 2 * kMiB);
+  auto nbd = std::make_unique<NbdDevice>(m.file("nbd"), cow, storm_filters(trigger, "100%"), trigger);
+  Teardown teardown{m, nbd};
+  ASSERT_TRUE(nbd->ready()) << nbd->describe();
+  ASSERT_TRUE(m.origin_add("o", origin).ok());
+  const CommandResult create = m.snapshot_create("o", "dead", {"--cow", nbd->path()});
+  ASSERT_TRUE(create.ok()) << create;
+
+  ASSERT_TRUE(nbd->storm_on());
+  const std::string data = bytes_of(seed + 1, 0, kBlock);
+  {
+    UniqueFd fd(::open(m.origin_view("o").c_str(), O_RDWR | O_DIRECT | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << std::strerror(errno);
+    Aligned buf(kBlock);
+    std::memcpy(buf.p, data.data(), kBlock);
+    ASSERT_EQ(pwrite_full(fd.get(), buf.p, kBlock, 0), 0);
+    ASSERT_EQ(::fsync(fd.get()), 0) << std::strerror(errno);
+  }
+  EXPECT_EQ(m.target("dead").value("state", ""), "invalid");
+  EXPECT_TRUE(path_exists(m.state_dir() + "/dead.invalid")) << "the failed header write left no mark";
+  nbd->storm_off();
+
+  const CommandResult umount = m.umount();
+  ASSERT_TRUE(umount.ok()) << umount;
+  const CommandResult mount = m.mount();
+  ASSERT_TRUE(mount.ok()) << mount;
+  const nlohmann::json t = m.target("dead");
+  EXPECT_EQ(t.value("state", ""), "invalid") << t.dump();
+  EXPECT_EQ(t.value("dm_status", ""), "Invalid") << t.dump();
+  {
+    UniqueFd fd(::open(m.snapshot_view("dead").c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << std::strerror(errno);
+    Aligned buf(kBlock);
+    EXPECT_EQ(pread_full(fd.get(), buf.p, kBlock, 0), EIO) << "an invalid snapshot read its old chunk";
+  }
+  const CommandResult remove = m.remove("dead");
+  EXPECT_TRUE(remove.ok()) << remove;
+  EXPECT_FALSE(path_exists(m.state_dir() + "/dead.invalid")) << "remove left the mark";
+  // The header was written at the remount: the COW is invalid on its own now (kernel-readable).
+  EXPECT_EQ(read_all(cow).substr(4, 4), std::string(4, '\0')) << "the header still says valid";
+  EXPECT_TRUE(nbd->stop()) << nbd->describe();
+  const CommandResult last = m.umount();
+  EXPECT_TRUE(last.ok()) << last;
+  std::string want = bytes_of(seed, 0, kSize);
+  want.replace(0, kBlock, data);
+  EXPECT_TRUE(read_all(origin) == want) << "the origin lost its write";
 }
 
 }  // namespace
