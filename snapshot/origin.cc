@@ -92,6 +92,7 @@ Result<Snapshot*> Origin::attach_snapshot(const std::string& name, std::unique_p
       new Snapshot(*this, name, std::move(cow), std::move(store).value(), writable));
   snap->table_.insert_bulk(exceptions);
   snap->valid_ = valid;
+  if (!valid) snap->invalid_reason_ = "its COW header says invalid";
   return add_snapshot(std::move(snap));
 }
 
@@ -267,7 +268,7 @@ bool Origin::protect_range_locked(Sector first, Sector last, std::function<void(
         pe = s.new_pending_locked(chunk);
         if (pe == nullptr) {
           // The COW store is full: an origin write always invalidates (even a "PO" store, §2.4).
-          invalidate_locked(s, after);
+          invalidate_locked(s, after, "the COW device is full");
           ++barrier->waits;
           s.header_waiters_.push_back(arrive);
           break;
@@ -441,7 +442,10 @@ void Origin::commit_finished(PendingException* pe, bool valid) {
       }
       complete_pending_locked(pe, true, after);
     } else {
-      if (s.valid_) invalidate_locked(s, after);
+      if (s.valid_)
+        invalidate_locked(s, after,
+                          pe->copy_ok ? "recording an exception on the COW device failed"
+                                      : "copying a chunk to the COW device failed");
       s.commit_done_locked(pe->sequence, after);
       complete_pending_locked(pe, false, after);
     }
@@ -462,9 +466,10 @@ void Origin::complete_pending_locked(PendingException* pe, bool ok, Actions& aft
   changed_.notify_all();
 }
 
-void Origin::invalidate_locked(Snapshot& s, Actions& after) {
+void Origin::invalidate_locked(Snapshot& s, Actions& after, const std::string& reason) {
   if (!s.valid_) return;
   s.valid_ = false;
+  s.invalid_reason_ = reason;
   s.header_pending_ = true;
   ExceptionStore* store = s.store_.get();
   Snapshot* sp = &s;
@@ -488,7 +493,7 @@ void Origin::invalidate_locked(Snapshot& s, Actions& after) {
   });
 }
 
-Status Origin::invalidate_snapshot(const std::string& name) {
+Status Origin::invalidate_snapshot(const std::string& name, const std::string& reason) {
   Actions after;
   {
     std::lock_guard lock(mutex_);
@@ -496,7 +501,7 @@ Status Origin::invalidate_snapshot(const std::string& name) {
     for (auto& snap : snapshots_)
       if (snap->name_ == name) s = snap.get();
     if (s == nullptr) return Error::invalid("no snapshot " + name);
-    invalidate_locked(*s, after);
+    invalidate_locked(*s, after, reason);
   }
   run(after);
   return {};

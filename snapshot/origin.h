@@ -74,10 +74,10 @@ class Origin final : public BlockDevice {
   // before any I/O; it runs on an I/O completion thread and must not block (hand the work to another thread).
   using InvalidationRecorder = std::function<void(const std::string& name, std::function<void()> done)>;
   void set_invalidation_recorder(InvalidationRecorder recorder) { recorder_ = std::move(recorder); }
-  // Makes the snapshot invalid (EIO for its I/O from now on) and writes that into its store's header. For a
-  // snapshot the caller knows was invalidated before (a reload whose header write had failed). Errors: no
-  // such snapshot.
-  Status invalidate_snapshot(const std::string& name);
+  // Makes the snapshot invalid (EIO for its I/O from now on; reason shows in its status) and writes that into
+  // its store's header. For a snapshot the caller knows was invalidated before (a reload whose header write
+  // had failed). Errors: no such snapshot.
+  Status invalidate_snapshot(const std::string& name, const std::string& reason);
 
   // Starts rolling the origin back to the snapshot (snapshot-merge, kernel-dm-notes.md §2.9; merge.cc). From
   // this call on the origin view shows the snapshot's content and stays usable; the snapshot's own view fails
@@ -136,7 +136,8 @@ class Origin final : public BlockDevice {
   void start_copies_locked(std::vector<PendingException*>& fresh, Actions& after);
   // Marks s invalid and writes its header; the origin writes that must not overtake that header wait for it
   // through s.header_waiters_.
-  void invalidate_locked(Snapshot& s, Actions& after);
+  // reason: why, for the status (kept if the snapshot was invalidated already).
+  void invalidate_locked(Snapshot& s, Actions& after, const std::string& reason);
   void commit_in_order_locked(Snapshot& s, Actions& after);
   void complete_pending_locked(PendingException* pe, bool ok, Actions& after);
 

@@ -42,6 +42,7 @@ SnapshotStatus Snapshot::status() const {
 SnapshotStatus Snapshot::status_locked() const {
   SnapshotStatus s;
   s.valid = valid_;
+  s.reason = invalid_reason_;
   s.overflow = overflow_;
   s.merge_failed = merge_failed_;
   s.persistent = store_->type_letter() == 'P';

@@ -49,6 +49,8 @@ struct SnapshotStatus {
   Sector chunk_size;
   StoreUsage usage;
   uint64_t exceptions = 0;
+  // When !valid: why, in a few words ("the COW device is full", "copying a chunk to the COW device failed").
+  std::string reason;
   // The kernel's status INFO field: "Invalid", "Merge failed", "Overflow" or "<allocated>/<total>
   // <metadata>".
   std::string kernel_status() const;
@@ -101,6 +103,7 @@ class Snapshot final : public BlockDevice {
 
   // Guarded by the origin's mutex.
   bool valid_ = true;
+  std::string invalid_reason_;  // why valid_ became false (the first cause)
   // Invalidated, and the header saying so is not on disk yet: origin writes that skip this snapshot wait in
   // header_waiters_ until it is (the kernel writes the header before any origin write passes an invalid
   // snapshot). The snapshot is not destroyed while this is set.

@@ -367,7 +367,8 @@ void TargetSet::load_snapshot(const SnapshotEntry& entry) {
   }
   if (::access(invalid_mark(entry.name).c_str(), F_OK) == 0 && s.snapshot->status().valid) {
     // Its header still says valid because the write that would have said otherwise failed.
-    (void)o->origin->invalidate_snapshot(entry.name);
+    (void)o->origin->invalidate_snapshot(
+        entry.name, "invalidated before the last unmount; its COW header could not record it");
     log_line("snapshot " + entry.name + " is invalid (" + invalid_mark(entry.name) + ")");
   }
   if (entry.merging) return;  // resumed by load() once every snapshot is attached; its view stays hidden
@@ -866,6 +867,7 @@ nlohmann::json TargetSet::status() const {
     t["merge"] = nullptr;
     if (!st.valid) {
       t["state"] = "invalid";
+      t["reason"] = st.reason;
     } else if (st.merge_failed || (e.merging && !s->merge_error.empty())) {
       t["state"] = "failed";
       t["reason"] =

@@ -211,7 +211,7 @@ class SnapshotStorm {
         }
         EXPECT_TRUE(kept) << s.name
                           << ": invalidated, its header write failed, and the recorder was not told";
-        ASSERT_TRUE(origin_->invalidate_snapshot(s.name));
+        ASSERT_TRUE(origin_->invalidate_snapshot(s.name, "recorded"));
         EXPECT_FALSE(origin_->snapshot_status(s.name)->valid) << s.name;
       }
       check_whole(s, std::string("after reattaching (was ") + (was[i].first ? "valid" : "invalid") + ")");
@@ -465,12 +465,12 @@ TEST(SnapshotStormFinding, AnInvalidationTheHeaderCannotKeepIsRecordedBeforeTheO
   std::unique_ptr<Origin> origin = std::move(made).value();
   auto attached = origin->attach_snapshot("s", FaultyFile::open(cow_path), false);
   ASSERT_TRUE(attached) << attached.error().message();
-  ASSERT_TRUE(origin->invalidate_snapshot("s"));
+  ASSERT_TRUE(origin->invalidate_snapshot("s", "recorded"));
   std::vector<std::byte> first(kBlock);
   const auto ec =
       bounded([&](IoCallback cb) { attached.value()->read(Bytes(0), first, std::move(cb)); }, "read", seed);
   EXPECT_EQ(ec, std::make_error_code(std::errc::io_error)) << "an invalid snapshot read its old chunk";
-  EXPECT_FALSE(origin->invalidate_snapshot("nobody"));
+  EXPECT_FALSE(origin->invalidate_snapshot("nobody", "recorded"));
   bounded_call([&] { origin.reset(); }, "the origin's destruction", seed);
   const auto rewritten = PersistentStore::read_header(*FileDevice::open(cow_path, OpenOptions{}).value());
   ASSERT_TRUE(rewritten);
