@@ -163,8 +163,10 @@ inline constexpr uint64_t k4K = 4096;
 inline std::vector<std::byte> origin_data(uint64_t c) { return test::pattern(1000 + c, 0, k4K); }
 
 // Scenario "commit" (a snapshot S, chunk 8, writable, 2 MiB COW): the origin writes chunks 0, 1, 2 and
-// flushes
-// ("ready"); then, armed, the origin writes chunk 5 (or, for snapshot_write, S writes all of chunk 7).
+// flushes ("ready"); then, armed, the origin writes chunk 5 (or, for snapshot_write, S writes all of chunk
+// 7). The origin write waits for its commit; S's write is acknowledged before its commit (deferred commit),
+// so snapshot_write's points come after the acknowledgement, while the child closes the origin (which waits
+// for the commit) before it may report "completed".
 inline constexpr uint64_t kCommitPrefill[] = {0, 1, 2};
 inline constexpr uint64_t kCommitTarget = 5;
 inline constexpr uint64_t kCommitSnapshotTarget = 7;

@@ -5,7 +5,9 @@
 //   snapshot_crash_workload random-wsnap <dir> <seed>  the writable-snapshot random workload, until killed
 //   snapshot_crash_workload point <dir> <name>     a crash-point scenario: "ready" once set up, then "hook"
 //                                                  right before the process ends at the crash point (or
-//                                                  "completed" if the point was never reached)
+//                                                  "completed" if the point was never reached: only once
+//                                                  the origin is closed, so every I/O the scenario started,
+//                                                  deferred commits included, is over)
 //
 // Any unexpected error ends the process with a message on stderr and a non-zero status.
 #include <unistd.h>
@@ -18,6 +20,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/file_device.h"
@@ -71,6 +74,20 @@ void sync_flush(BlockDevice& dev) {
   auto f = p->get_future();
   dev.flush([p](std::error_code ec) { p->set_value(ec); });
   if (auto ec = wait_for(f, "flush")) die("flush of " + dev.path() + ": " + ec.message());
+}
+
+// Closes the origin and its snapshots, which waits for everything they still have in flight: the deferred
+// commit of an acknowledged snapshot write in particular (~Origin waits for it). On a thread, so that the
+// wait is bounded: a timeout ends the process (_exit, with the thread still running).
+void close_origin(std::unique_ptr<Origin>& origin) {
+  auto closed = std::make_shared<std::promise<void>>();
+  auto f = closed->get_future();
+  std::thread closer([&origin, closed] {
+    origin.reset();
+    closed->set_value();
+  });
+  if (f.wait_for(kWait) != std::future_status::ready) die("closing the origin: timeout");
+  closer.join();
 }
 
 Snapshot* create(Origin& origin, const std::string& name, std::unique_ptr<BlockDevice> cow, uint64_t chunk,
@@ -185,6 +202,10 @@ int run_point(const std::string& dir, const CrashPoint& p) {
     if (scenario == "commit") {
       sync_write(*origin, kCommitTarget * k4K, origin_data(kCommitTarget));
     } else {
+      // Acknowledged once its data is in S's COW (deferred commit): the commit (pre-flush, area write,
+      // post-flush), where this scenario's crash points are, may still be to come. close_origin() below waits
+      // for it. (Not a flush of S: its own COW flush would run alongside the commit's and make the count of
+      // COW flushes, which the points use, depend on timing.)
       sync_write(*s, kCommitSnapshotTarget * k4K, commit_snapshot_data());
     }
   } else if (scenario == "fill") {
@@ -219,6 +240,9 @@ int run_point(const std::string& dir, const CrashPoint& p) {
   } else {
     die("unknown scenario " + scenario);
   }
+  // The crash point may still come from I/O in flight (as for snapshot_write); "completed" only once there is
+  // none left.
+  close_origin(origin);
   report("completed");
   return 0;
 }
