@@ -34,6 +34,7 @@ struct Mirror::WriteOp {
   unsigned pending = 0;  // leg writes not yet answered (guarded by mutex_)
   bool any_ok = false;
   bool any_failed = false;
+  bool registered = false;  // in writing_ (guarded by mutex_)
 };
 
 // One caller read and the legs it has tried.
@@ -281,6 +282,14 @@ void Mirror::start_write(const std::shared_ptr<WriteOp>& w) {
         return;
       }
     }
+    if (!w->registered) {
+      if (overlaps_locked(*w)) {
+        overlap_waiting_.push_back(w);
+        return;
+      }
+      writing_.push_back(w.get());
+      w->registered = true;
+    }
     for (uint64_t r = w->first.value(); r <= w->last.value(); ++r) hash_->begin_write(RegionIndex(r));
     ++io_in_flight_;
   }
@@ -339,11 +348,50 @@ void Mirror::leg_write_done(const std::shared_ptr<WriteOp>& w, unsigned leg, std
     }
     // A copy that could not start may have emptied the resync window.
     if (quiesced) wake_if_resync_idle_locked();
+    writing_.erase(std::find(writing_.begin(), writing_.end(), w.get()));
+    release_overlapping_locked(after);
     io_done_locked();
     result = w->any_ok ? 0 : EIO;
   }
   run(after);
   w->done(result == 0 ? std::error_code() : std::error_code(result, std::generic_category()));
+}
+
+namespace {
+bool ranges_overlap(Bytes a, size_t a_len, Bytes b, size_t b_len) {
+  return a.value() < b.value() + b_len && b.value() < a.value() + a_len;
+}
+}  // namespace
+
+bool Mirror::overlaps_locked(const WriteOp& w) const {
+  for (const WriteOp* o : writing_)
+    if (ranges_overlap(w.offset, w.buffer.size(), o->offset, o->buffer.size())) return true;
+  for (const auto& o : overlap_waiting_)
+    if (o.get() != &w && ranges_overlap(w.offset, w.buffer.size(), o->offset, o->buffer.size())) return true;
+  return false;
+}
+
+void Mirror::release_overlapping_locked(Actions& after) {
+  // In arrival order: a write goes once nothing in flight and nothing waiting before it overlaps it.
+  for (size_t i = 0; i < overlap_waiting_.size();) {
+    const WriteOp& w = *overlap_waiting_[i];
+    bool blocked = false;
+    for (const WriteOp* o : writing_)
+      blocked = blocked || ranges_overlap(w.offset, w.buffer.size(), o->offset, o->buffer.size());
+    for (size_t j = 0; j < i && !blocked; ++j)
+      blocked = ranges_overlap(w.offset, w.buffer.size(), overlap_waiting_[j]->offset,
+                               overlap_waiting_[j]->buffer.size());
+    if (blocked) {
+      ++i;
+      continue;
+    }
+    std::shared_ptr<WriteOp> ready = std::move(overlap_waiting_[i]);
+    overlap_waiting_.erase(overlap_waiting_.begin() + static_cast<ptrdiff_t>(i));
+    // In flight from now on, so that a write arriving before start_write runs waits behind it.
+    writing_.push_back(ready.get());
+    ready->registered = true;
+    after.push_back([this, ready] { start_write(ready); });
+  }
 }
 
 void Mirror::write_zeroes(Bytes offset, Bytes length, bool /*may_unmap*/, IoCallback done) {

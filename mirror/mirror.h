@@ -49,6 +49,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -204,6 +205,10 @@ class Mirror final : public BlockDevice {
   // A leg to read a range from, not in `tried`: -1 when none holds the data.
   int choose_read_leg_locked(bool in_sync, uint32_t tried);
   static char health_char(const Leg& leg);
+  // Whether w overlaps a write in flight or one waiting (other than w).
+  bool overlaps_locked(const WriteOp& w) const;
+  // Starts (through `after`) the waiting writes that no longer overlap anything before them.
+  void release_overlapping_locked(Actions& after);
 
   void start_write(const std::shared_ptr<WriteOp>& w);
   void issue_leg_writes(const std::shared_ptr<WriteOp>& w);
@@ -259,6 +264,12 @@ class Mirror final : public BlockDevice {
   uint64_t io_in_flight_ = 0;         // caller reads, writes and flushes, and leg flushes for the log
   bool holding_ = false;
   Actions held_;
+  // Writes whose leg writes are in flight, and writes waiting because they overlap one (or an earlier waiting
+  // one: FIFO among overlapping writes). Two overlapping writes in flight at once could reach the legs in
+  // different orders and leave them different for good, while the log calls the region clean; one at a time,
+  // every leg sees the same last write.
+  std::vector<const WriteOp*> writing_;
+  std::deque<std::shared_ptr<WriteOp>> overlap_waiting_;
   bool resync_enabled_ = false;
   unsigned copies_in_flight_ = 0;  // regions RECOVERING (quiescing or copying)
   bool log_touched_ = false;       // regions cleaned since the last log flush

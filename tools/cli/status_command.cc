@@ -58,9 +58,6 @@ std::string status_column(const nlohmann::json& target) {
     return names.empty() ? "-" : "snapshots: " + names;
   }
   const std::string dm = text(target, "dm_status");
-  // An invalid snapshot's kernel field is just "Invalid": say why beside it.
-  if (text(target, "state") == "invalid" && !text(target, "reason").empty())
-    return (dm.empty() ? "Invalid" : dm) + " (" + text(target, "reason") + ")";
   return dm.empty() ? "-" : dm;
 }
 
