@@ -159,13 +159,20 @@ namespace {
 
 // Writes the invalidation mark durably (the file, then its directory entry).
 void write_invalid_mark(const std::string& path, const std::string& dir) {
-  UniqueFd fd(::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600));
-  const std::string text = "invalidated; its COW header could not be written\n";
-  bool ok = fd.valid() && ::write(fd.get(), text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            ::fsync(fd.get()) == 0;
-  UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  ok = ok && d.valid() && ::fsync(d.get()) == 0;
-  if (!ok) log_line("could not record the invalidation in " + path + ": " + std::strerror(errno));
+  // Result: the step that failed (errno says why), or nullptr.
+  auto write_durably = [&]() -> const char* {
+    const std::string text = "invalidated; its COW header could not be written\n";
+    UniqueFd fd(::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid()) return "create";
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) return "write";
+    if (::fsync(fd.get()) != 0) return "fsync";
+    UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!d.valid() || ::fsync(d.get()) != 0) return "fsync the directory of";
+    return nullptr;
+  };
+  if (const char* step = write_durably())
+    log_line(std::string("could not record the invalidation: ") + step + " " + path + ": " +
+             std::strerror(errno));
 }
 
 }  // namespace
@@ -468,15 +475,15 @@ Status TargetSet::add_origin(const std::string& name, const std::string& device)
 }
 
 bool TargetSet::path_in_use_locked(const std::string& path) const {
+  auto used = [&](const std::string& p) { return same_device(p, path); };
   for (const auto& o : origins_)
-    if (o->entry.device == path) return true;
+    if (used(o->entry.device)) return true;
   for (const auto& s : snapshots_)
-    if (s->entry.cow == path) return true;
-  for (const auto& m : mirrors_) {
-    if (m->entry.log_device == path) return true;
-    for (const std::string& leg : m->entry.legs)
-      if (leg == path) return true;
-  }
+    if (used(s->entry.cow)) return true;
+  for (const auto& m : mirrors_)
+    if ((m->entry.log == "disk" && used(m->entry.log_device)) ||
+        std::any_of(m->entry.legs.begin(), m->entry.legs.end(), used))
+      return true;
   return false;
 }
 

@@ -124,7 +124,7 @@ class TargetSet {
   Origin::InvalidationRecorder invalidation_recorder();
   void recorder_loop();
   std::string default_path(const std::string& name, const char* suffix) const;
-  // Whether a target's table entry names path (as written: the daemon names its own files one way).
+  // Whether a target's table entry names path or another name of the same file (same_device).
   bool path_in_use_locked(const std::string& path) const;
 
   // Constant after construction.

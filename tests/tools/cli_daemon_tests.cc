@@ -435,6 +435,14 @@ TEST(Snapshot, CreateReplacesADefaultCowLeftByACreateCutShort) {
   const CommandResult refused = m.snapshot_create("data", "s3");
   EXPECT_FALSE(refused.ok()) << refused;
   EXPECT_EQ(m.target("s2").value("state", ""), "active");
+  // Nor one a target uses under another name (a symlink elsewhere).
+  test::make_sparse_file(m.state_dir() + "/s4.cow", 8 * kMiB);
+  ASSERT_EQ(::symlink((m.state_dir() + "/s4.cow").c_str(), m.file("alias.cow").c_str()), 0);
+  RUN_OK(m.snapshot_create("data", "s5", {"--cow", m.file("alias.cow")}));
+  const CommandResult aliased = m.snapshot_create("data", "s4");
+  EXPECT_FALSE(aliased.ok()) << aliased;
+  EXPECT_EQ(m.target("s5").value("state", ""), "active");
+  EXPECT_TRUE(path_exists(m.state_dir() + "/s4.cow"));
 }
 
 TEST(Snapshot, MergeWaitRollsTheOriginBack) {
