@@ -25,6 +25,9 @@ uint32_t all_dests_mask(unsigned n) { return n >= 32 ? ~0u : ((1u << n) - 1); }
 struct KcopydClient::Job {
   bool zero = false;
   Region source;
+  // Copies: the sources (one for copy(), several for a gather), and where each starts in the job.
+  std::vector<Region> sources;
+  std::vector<Sector> source_offsets;
   std::array<Region, kMaxDestinations> dests{};
   unsigned num_dests = 0;
   CopyFlags flags;
@@ -57,7 +60,32 @@ struct KcopydClient::SubJob {
   bool throttle_accounted = false;
   unsigned writes_left = 0;
   uint32_t write_errors = 0;
+  unsigned reads_left = 0;  // reads of this sub-job still in flight (several for a gather)
+  bool read_failed = false;
 };
+
+// A copy sub-job reads one piece per source its range [offset, offset + count) overlaps, in source order.
+size_t KcopydClient::first_source(const SubJob& sub) {
+  const auto& starts = sub.job->source_offsets;
+  return static_cast<size_t>(std::upper_bound(starts.begin(), starts.end(), sub.offset) - starts.begin()) - 1;
+}
+
+unsigned KcopydClient::read_pieces(const SubJob& sub) {
+  const Job& job = *sub.job;
+  const Sector end = sub.offset + sub.count;
+  size_t i = first_source(sub);
+  unsigned n = 0;
+  for (; i < job.sources.size() && job.source_offsets[i] < end; ++i) ++n;
+  return n;
+}
+
+std::pair<Sector, Sector> KcopydClient::read_piece(const SubJob& sub, unsigned piece) {
+  const Job& job = *sub.job;
+  const Sector end = sub.offset + sub.count;
+  const size_t i = first_source(sub) + piece;
+  return {std::max(sub.offset, job.source_offsets[i]),
+          min(end, job.source_offsets[i] + job.sources[i].count)};
+}
 
 struct KcopydClient::Event {
   enum class Kind { job, read_done, write_done, offload_done };
@@ -110,40 +138,62 @@ KcopydClient::~KcopydClient() {
 
 Status KcopydClient::copy(const Region& from, std::span<const Region> dests, CopyFlags flags,
                           CopyCallback callback) {
-  return submit(&from, dests, flags, std::move(callback));
+  return submit(std::span<const Region>(&from, 1), dests, flags, std::move(callback));
+}
+
+Status KcopydClient::copy_gather(std::span<const Region> sources, std::span<const Region> dests,
+                                 CopyFlags flags, CopyCallback callback) {
+  if (sources.empty()) return Error::invalid("kcopyd: a gather copy needs at least one source");
+  if (flags.sparse || flags.write_seq)
+    return Error::invalid("kcopyd: a gather copy takes neither sparse nor write_seq");
+  return submit(sources, dests, flags, std::move(callback));
 }
 
 Status KcopydClient::zero(std::span<const Region> dests, CopyFlags flags, CopyCallback callback) {
-  return submit(nullptr, dests, flags, std::move(callback));
+  return submit({}, dests, flags, std::move(callback));
 }
 
-Status KcopydClient::submit(const Region* from, std::span<const Region> dests, CopyFlags flags,
+Status KcopydClient::submit(std::span<const Region> from, std::span<const Region> dests, CopyFlags flags,
                             CopyCallback callback) {
   if (dests.empty() || dests.size() > kMaxDestinations)
     return Error::invalid("kcopyd: a job takes 1 to 8 destinations, not " + std::to_string(dests.size()));
   auto job = std::make_unique<Job>();
-  job->zero = from == nullptr;
-  job->total = from != nullptr ? from->count : dests[0].count;
+  job->zero = from.empty();
+  job->total = dests[0].count;
+  if (!from.empty()) {
+    job->total = Sector(0);
+    for (const Region& r : from) job->total += r.count;
+  }
   uint32_t align_bytes = kSectorSize;
-  auto check = [&](const Region& r, const char* what) -> Status {
+  auto check = [&](const Region& r, Sector count, const char* what) -> Status {
     if (r.device == nullptr) return Error::invalid(std::string("kcopyd: ") + what + " has no device");
-    const uint64_t end = r.start.value() + job->total.value();
+    const uint64_t end = r.start.value() + count.value();
     if (end < r.start.value() || end > r.device->size_in_sectors().value())
       return Error::invalid(std::string("kcopyd: ") + what + " range ends beyond " + r.device->path());
     const uint32_t lbs = r.device->logical_block_size();
     const uint64_t lbs_sectors = lbs / kSectorSize;
-    if (r.start.value() % lbs_sectors != 0 || job->total.value() % lbs_sectors != 0)
+    if (r.start.value() % lbs_sectors != 0 || count.value() % lbs_sectors != 0)
       return Error::invalid(std::string("kcopyd: ") + what + " is not aligned to the logical block size of " +
                             r.device->path());
     align_bytes = std::max(align_bytes, lbs);
     return {};
   };
-  if (from != nullptr) {
-    if (auto s = check(*from, "source"); !s) return s;
-    job->source = *from;
+  for (const Region& r : from) {
+    if (auto s = check(r, r.count, "source"); !s) return s;
+  }
+  if (!from.empty()) {
+    // sources are what reads use; source (the whole job for copy(), the first device for a gather) is what
+    // sparse copies and offload look at.
+    job->source = Region{from[0].device, from[0].start, job->total};
+    Sector at(0);
+    for (const Region& r : from) {
+      job->sources.push_back(r);
+      job->source_offsets.push_back(at);
+      at += r.count;
+    }
   }
   for (size_t i = 0; i < dests.size(); ++i) {
-    if (auto s = check(dests[i], "destination"); !s) return s;
+    if (auto s = check(dests[i], job->total, "destination"); !s) return s;
     if (dests[i].device->read_only())
       return Error::invalid("kcopyd: destination " + dests[i].device->path() + " is read-only");
     job->dests[i] = dests[i];
@@ -200,7 +250,7 @@ void KcopydClient::worker_loop() {
           start_job(std::move(e.job));
           break;
         case Event::Kind::read_done:
-          on_read_done(e.sub, e.err);
+          on_read_done(e.sub, e.dest, e.err);
           break;
         case Event::Kind::write_done:
           on_write_done(e.sub, e.dest, e.err);
@@ -236,7 +286,7 @@ void KcopydClient::start_job(std::unique_ptr<Job> owned) {
     return;
   }
   // Offloaded pieces finish in any order, so write_seq jobs never offload.
-  if (!job.zero && allow_offload_ && job.num_dests == 1 && !job.flags.write_seq) {
+  if (!job.zero && allow_offload_ && job.num_dests == 1 && !job.flags.write_seq && job.sources.size() == 1) {
     FileDevice* src = job.source.device->as_file();
     FileDevice* dst = job.dests[0].device->as_file();
     job.offload = src != nullptr && dst != nullptr && src->filesystem() == dst->filesystem();
@@ -362,17 +412,20 @@ void KcopydClient::issue(SubJob* sub) {
   Job& job = *sub->job;
   switch (sub->phase) {
     case SubJob::Phase::read: {
-      const uint64_t bytes = to_bytes(sub->count).value();
-      job.source.device->read(
-          to_bytes(job.source.start + sub->offset), sub->buffer->bytes.first(bytes),
-          [this, sub](std::error_code ec) {
-            Event e;
-            e.kind = Event::Kind::read_done;
-            e.sub = sub;
-            e.err = ec.value();
-            post(std::move(e));
-          },
-          sub->buffer->fixed);
+      // One read per source overlapping [offset, offset + count) of the job (several for a gather), each
+      // into its place in the buffer.
+      const unsigned n = read_pieces(*sub);
+      const size_t first = first_source(*sub);
+      sub->reads_left = n;
+      for (unsigned p = 0; p < n; ++p) {
+        const auto [from, to] = read_piece(*sub, p);
+        const size_t i = first + p;
+        const Region& src = job.sources[i];
+        src.device->read(
+            to_bytes(src.start + (from - job.source_offsets[i])),
+            sub->buffer->bytes.subspan(to_bytes(from - sub->offset).value(), to_bytes(to - from).value()),
+            completion(true, sub, p), sub->buffer->fixed);
+      }
       break;
     }
     case SubJob::Phase::write:
@@ -393,19 +446,23 @@ void KcopydClient::issue(SubJob* sub) {
   }
 }
 
+IoCallback KcopydClient::completion(bool read, SubJob* sub, unsigned index) {
+  return [this, read, sub, index](std::error_code ec) {
+    Event e;
+    e.kind = read ? Event::Kind::read_done : Event::Kind::write_done;
+    e.sub = sub;
+    e.dest = index;
+    e.err = ec.value();
+    post(std::move(e));
+  };
+}
+
 void KcopydClient::issue_writes(SubJob* sub) {
   Job& job = *sub->job;
   const Bytes bytes = to_bytes(sub->count);
   sub->writes_left = job.num_dests;
   for (unsigned i = 0; i < job.num_dests; ++i) {
-    auto done = [this, sub, i](std::error_code ec) {
-      Event e;
-      e.kind = Event::Kind::write_done;
-      e.sub = sub;
-      e.dest = i;
-      e.err = ec.value();
-      post(std::move(e));
-    };
+    IoCallback done = completion(false, sub, i);
     const Region& d = job.dests[i];
     if (sub->kind == SubJob::Kind::zero) {
       d.device->write_zeroes(to_bytes(d.start + sub->offset), bytes, sub->may_unmap, std::move(done));
@@ -416,20 +473,28 @@ void KcopydClient::issue_writes(SubJob* sub) {
   }
 }
 
-void KcopydClient::on_read_done(SubJob* sub, int err) {
+void KcopydClient::on_read_done(SubJob* sub, unsigned piece, int err) {
   Job& job = *sub->job;
+  if (err != 0) {
+    sub->read_failed = true;
+    if (job.flags.ignore_error) {
+      // Zero just the part this read was for: in a gather the rest of the buffer holds good data.
+      const auto [from, to] = read_piece(*sub, piece);
+      std::memset(sub->buffer->bytes.data() + to_bytes(from - sub->offset).value(), 0,
+                  to_bytes(to - from).value());
+    }
+  }
+  if (--sub->reads_left > 0) return;
   if (sub->throttle_accounted) {
     throttle_->finish(Throttle::Clock::now());
     sub->throttle_accounted = false;
   }
   sub->phase = SubJob::Phase::write;
-  if (err != 0) {
+  if (sub->read_failed) {
     job.read_error = true;
     if (!job.flags.ignore_error) {
       if (!job.flags.write_seq) return finish_sub(sub);
       sub->skip_write = true;  // keep its place in the write order
-    } else {
-      std::memset(sub->buffer->bytes.data(), 0, to_bytes(sub->count).value());
     }
   } else {
     bytes_read_.fetch_add(to_bytes(sub->count).value(), std::memory_order_relaxed);

@@ -8,6 +8,9 @@
 // progress.
 //
 // Beyond the kernel, on request or where it is safe:
+//  - gather: copy_gather() reads several source Regions and writes them, one after the other, to one run of
+//    each destination: the copy-on-write of scattered chunks into a store that allocates them in sequence
+//    costs one write per destination instead of one per chunk.
 //  - sparse: holes of the source (SEEK_DATA/SEEK_HOLE) are not read; the destination range is zeroed with
 //    may_unmap, so a file destination gets a hole.
 //  - offload: with one destination on the same filesystem as the source (both regular files), pieces are
@@ -101,6 +104,12 @@ class KcopydClient {
   // beyond a device's end, or a read-only destination; ESHUTDOWN once destruction has begun and all jobs
   // ended. A zero-length job completes with (false, 0).
   Status copy(const Region& from, std::span<const Region> dests, CopyFlags flags, CopyCallback callback);
+  // Copies the concatenation of sources (in order, each sources[i].count sectors) to each of dests, whose
+  // counts are ignored. A failed read of any source sets read_error (with ignore_error that source's part is
+  // written as zeros). Not with sparse or write_seq. Errors (callback not called): as copy(), and EINVAL for
+  // no sources or for sparse or write_seq.
+  Status copy_gather(std::span<const Region> sources, std::span<const Region> dests, CopyFlags flags,
+                     CopyCallback callback);
   // Zeroes dests[0].count sectors at each destination. Errors as copy().
   Status zero(std::span<const Region> dests, CopyFlags flags, CopyCallback callback);
 
@@ -113,7 +122,9 @@ class KcopydClient {
   struct Event;
   explicit KcopydClient(const KcopydOptions& options);
 
-  Status submit(const Region* from, std::span<const Region> dests, CopyFlags flags, CopyCallback callback);
+  // from: nullptr for zero(), one Region for copy(), several for copy_gather().
+  Status submit(std::span<const Region> from, std::span<const Region> dests, CopyFlags flags,
+                CopyCallback callback);
   void post(Event event);
   void worker_loop();
 
@@ -125,7 +136,13 @@ class KcopydClient {
   void issue_ready(Throttle::Clock::time_point now);
   void issue(SubJob* sub);
   void issue_writes(SubJob* sub);
-  void on_read_done(SubJob* sub, int err);
+  // The I/O callback that posts sub's read_done (of piece index) or write_done (of destination index).
+  IoCallback completion(bool read, SubJob* sub, unsigned index);
+  void on_read_done(SubJob* sub, unsigned piece, int err);
+  // The reads of a sub-job: how many, and piece's range [from, to) in sectors of the job.
+  static size_t first_source(const SubJob& sub);
+  static unsigned read_pieces(const SubJob& sub);
+  static std::pair<Sector, Sector> read_piece(const SubJob& sub, unsigned piece);
   void on_write_done(SubJob* sub, unsigned dest, int err);
   void on_offload_done(SubJob* sub, int err);
   void finish_sub(SubJob* sub);

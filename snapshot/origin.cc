@@ -1,6 +1,7 @@
 #include "snapshot/origin.h"
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include "engine/fan_in.h"
@@ -14,7 +15,10 @@ namespace kcopyfs {
 
 namespace {
 constexpr uint32_t kKcopydPages = 2048;  // 8 MiB of copy buffers per origin
-}
+// Copy batches in flight at once (start_copies_locked), and the most chunks one gather job takes.
+constexpr unsigned kCopyBatches = 4;
+constexpr size_t kGatherChunks = 256;
+}  // namespace
 
 Result<std::unique_ptr<Origin>> Origin::create(std::unique_ptr<BlockDevice> device) {
   std::unique_ptr<Origin> origin(new Origin(std::move(device)));
@@ -31,6 +35,11 @@ Origin::Origin(std::unique_ptr<BlockDevice> device) : device_(std::move(device))
 
 Origin::~Origin() {
   stop_merge();
+  {
+    // Write-back writes are acknowledged I/O still on its way to the device (through kcopyd's copies).
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return writes_in_flight_ == 0; });
+  }
   kcopyd_.reset();  // waits for every copy; their callbacks still find the snapshots
   {
     // An invalidation's header write still in flight calls back into its snapshot, and so does the deferred
@@ -167,10 +176,82 @@ std::vector<Snapshot*> Origin::snapshots() const {
 void Origin::read(Bytes offset, std::span<std::byte> buffer, IoCallback done, FixedBuffer fixed) {
   if (merge_active_.load(std::memory_order_acquire))
     return read_during_merge(offset, buffer, std::move(done));
+  if (landing_count_.load() > 0 && !buffer.empty()) {
+    std::lock_guard lock(mutex_);
+    auto it = find_landing_locked(offset.value(), offset.value() + buffer.size());
+    if (it != landing_.end()) {
+      // The device does not hold this write's data yet: read once it does.
+      it->second.waiters.push_back([this, offset, buffer, done = std::move(done), fixed]() mutable {
+        read(offset, buffer, std::move(done), fixed);
+      });
+      return;
+    }
+  }
   device_->read(offset, buffer, std::move(done), fixed);
 }
 
+void Origin::set_write_back_limit(Bytes limit) {
+  std::lock_guard lock(mutex_);
+  write_back_limit_ = limit.value();
+}
+
+Bytes Origin::write_back_limit() const {
+  std::lock_guard lock(mutex_);
+  return Bytes(write_back_limit_);
+}
+
+std::map<uint64_t, Origin::Landing>::iterator Origin::find_landing_locked(uint64_t begin, uint64_t end) {
+  // Landing writes never overlap one another, so only the last one starting at or before begin and the
+  // first one after it can overlap [begin, end).
+  auto it = landing_.upper_bound(begin);
+  if (it != landing_.begin()) {
+    auto before = std::prev(it);
+    if (before->second.end > begin) return before;
+  }
+  if (it != landing_.end() && it->first < end) return it;
+  return landing_.end();
+}
+
+void Origin::landed_locked(const Write& w, std::error_code ec, Actions& after) {
+  auto it = landing_.find(w.offset.value());
+  for (auto& waiter : it->second.waiters) after.push_back(std::move(waiter));
+  landing_.erase(it);
+  landing_sequences_.erase(w.sequence);
+  landing_count_.store(landing_.size());
+  write_back_bytes_ -= w.buffer.size();
+  if (ec) write_back_error_ = ec.value();
+  while (!flush_waiters_.empty() &&
+         (landing_sequences_.empty() || flush_waiters_.front().first < *landing_sequences_.begin())) {
+    after.push_back(
+        [this, done = std::move(flush_waiters_.front().second)]() mutable { flush_now(std::move(done)); });
+    flush_waiters_.pop_front();
+  }
+}
+
 void Origin::flush(IoCallback done) {
+  if (landing_count_.load() > 0) {
+    std::lock_guard lock(mutex_);
+    if (!landing_sequences_.empty()) {
+      // Every write acknowledged so far must be on the device before the device's flush.
+      flush_waiters_.emplace_back(write_back_sequence_, std::move(done));
+      return;
+    }
+  }
+  flush_now(std::move(done));
+}
+
+void Origin::flush_now(IoCallback caller_done) {
+  // A write-back write that failed to land fails the next flush: its caller was told it succeeded.
+  IoCallback done = [this, caller_done = std::move(caller_done)](std::error_code ec) {
+    if (!ec) {
+      std::lock_guard lock(mutex_);
+      if (write_back_error_ != 0) {
+        ec = std::error_code(write_back_error_, std::generic_category());
+        write_back_error_ = 0;
+      }
+    }
+    caller_done(ec);
+  };
   BlockDevice* cow = nullptr;
   if (merge_active_.load(std::memory_order_acquire)) {
     std::lock_guard lock(mutex_);
@@ -208,6 +289,7 @@ void Origin::write(Bytes offset, std::span<const std::byte> buffer, IoCallback d
   w->fixed = fixed;
   w->done = std::move(done);
   Actions after;
+  bool write_back = false;
   {
     std::lock_guard lock(mutex_);
     if (holding_writes_) {
@@ -217,15 +299,49 @@ void Origin::write(Bytes offset, std::span<const std::byte> buffer, IoCallback d
     if (merging_ != nullptr && !buffer.empty()) {
       write_during_merge_locked(w, after);
     } else {
+      const uint64_t begin = offset.value(), end = begin + buffer.size();
+      if (!landing_.empty() && !buffer.empty()) {
+        auto it = find_landing_locked(begin, end);
+        if (it != landing_.end()) {
+          // An acknowledged write to these bytes is not on the device yet: this one must land after it.
+          it->second.waiters.push_back(
+              [this, w] { write(w->offset, w->buffer, std::move(w->done), w->fixed); });
+          return;
+        }
+      }
       ++writes_in_flight_;
       const Sector first = to_sectors(offset);
       const Sector last = first + to_sectors(Bytes(buffer.size())) - Sector(1);
-      if (buffer.empty() || !protect_range_locked(
-                                first, last, [this, w] { issue_device_write(w); }, after))
+      auto ready = [this, w] {
+        if (w->gates.fetch_sub(1) == 1) issue_device_write(w);
+      };
+      if (buffer.empty() || !protect_range_locked(first, last, ready, after)) {
         after.push_back([this, w] { issue_device_write(w); });
+      } else if (write_back_bytes_ + buffer.size() <= write_back_limit_) {
+        // Copy-on-write is needed: acknowledge once the data is ours (write-back, see origin.h).
+        write_back = true;
+        w->gates.store(2);
+        w->sequence = ++write_back_sequence_;
+        landing_.emplace(begin, Landing{end, w->sequence, {}});
+        landing_sequences_.insert(w->sequence);
+        landing_count_.store(landing_.size());
+        write_back_bytes_ += buffer.size();
+      }
     }
   }
-  run(after);
+  run(after);  // starts the copies
+  if (!write_back) return;
+  const size_t align = std::max<size_t>(device_->memory_alignment(), alignof(std::max_align_t));
+  const size_t rounded = (buffer.size() + align - 1) / align * align;
+  w->owned.reset(static_cast<std::byte*>(std::aligned_alloc(align, rounded)));
+  if (!w->owned) std::abort();  // out of memory, as operator new would end it
+  std::memcpy(w->owned.get(), buffer.data(), buffer.size());
+  w->buffer = std::span<const std::byte>(w->owned.get(), buffer.size());
+  w->fixed = {};
+  auto ring = IoRing::shared();
+  ring.value()->defer([done = std::move(w->done)] { done(std::error_code()); });
+  w->done = nullptr;
+  if (w->gates.fetch_sub(1) == 1) issue_device_write(w);
 }
 
 bool Origin::protect_range_locked(Sector first, Sector last, std::function<void()> ready, Actions& after) {
@@ -294,82 +410,108 @@ bool Origin::protect_range_locked(Sector first, Sector last, std::function<void(
   return barrier->waits > 0;
 }
 
-// Builds the copy jobs for freshly allocated exceptions: per chunk size, runs of adjacent origin chunks whose
-// COW chunks are adjacent too in every destination snapshot become one kcopyd job with up to 8 destinations.
+// Fresh exceptions queue for copying; at most kCopyBatches batches are copied at once, and whatever queued
+// behind them goes as the next batch. A batch becomes few kcopyd jobs: the store allocates COW chunks in
+// sequence, so exceptions made one after the other have adjacent new chunks in every snapshot that takes
+// them, and one gather job reads their scattered old chunks and writes one run per snapshot (up to 8). With
+// many first writes in flight this turns one COW write per exception and snapshot into one per batch.
 void Origin::start_copies_locked(std::vector<PendingException*>& fresh, Actions& after) {
-  if (fresh.empty()) return;
-  std::map<uint64_t, std::map<uint64_t, std::vector<PendingException*>>> by_size;  // chunk size -> old -> pes
   for (PendingException* pe : fresh) {
     pe->copy_started = true;
-    by_size[pe->snapshot->geometry_.chunk_size().value()][pe->old_chunk.value()].push_back(pe);
+    copy_queue_.push_back(pe);
   }
+  if (copy_batches_ < kCopyBatches) launch_copies_locked(after);
+}
+
+void Origin::launch_copies_locked(Actions& after) {
+  if (copy_queue_.empty()) return;
+  std::vector<PendingException*> batch;
+  batch.swap(copy_queue_);
+  ++copy_batches_;
+  // chunk size -> old chunk -> its exceptions, one per snapshot taking it (in the snapshots' order)
+  std::map<uint64_t, std::map<uint64_t, std::vector<PendingException*>>> by_size;
+  for (PendingException* pe : batch)
+    by_size[pe->snapshot->geometry_.chunk_size().value()][pe->old_chunk.value()].push_back(pe);
   struct Job {
-    uint64_t old_first = 0;
-    uint64_t chunks = 0;
-    std::vector<std::vector<PendingException*>> per_dest;  // per destination: its exceptions in old order
+    std::vector<Region> sources;
+    std::vector<std::vector<PendingException*>> per_dest;  // per destination: its exceptions, in copy order
+    bool closed = false;                                   // ends with a partial chunk: nothing may follow
   };
+  std::vector<Job> jobs;
   for (auto& [size, by_old] : by_size) {
     const ChunkGeometry g{Sector(size)};
     size_t slices = 0;
     for (auto& [old, pes] : by_old)
       slices = std::max(slices, (pes.size() + kMaxDestinations - 1) / kMaxDestinations);
     for (size_t slice = 0; slice < slices; ++slice) {
-      std::vector<Job> jobs;
+      // This slice's destinations of each chunk, in the allocation order of the first destination.
+      std::vector<std::span<PendingException* const>> items;
       for (auto& [old, pes] : by_old) {
         const size_t begin = slice * kMaxDestinations;
         if (begin >= pes.size()) continue;
-        const size_t end = std::min(pes.size(), begin + kMaxDestinations);
-        bool extended = false;
-        if (!jobs.empty()) {
-          Job& j = jobs.back();
-          if (j.old_first + j.chunks == old && j.per_dest.size() == end - begin) {
-            bool lines_up = true;
-            for (size_t d = 0; d < j.per_dest.size() && lines_up; ++d) {
-              const PendingException* head = j.per_dest[d].front();
-              const PendingException* pe = pes[begin + d];
-              lines_up = pe->snapshot == head->snapshot &&
-                         pe->new_chunk.value() == head->new_chunk.value() + j.chunks;
-            }
-            if (lines_up) {
-              for (size_t d = 0; d < j.per_dest.size(); ++d) j.per_dest[d].push_back(pes[begin + d]);
-              ++j.chunks;
-              extended = true;
-            }
-          }
-        }
-        if (!extended) {
-          Job j;
-          j.old_first = old;
-          j.chunks = 1;
-          for (size_t d = begin; d < end; ++d) j.per_dest.push_back({pes[d]});
-          jobs.push_back(std::move(j));
-        }
+        items.emplace_back(pes.data() + begin, std::min(pes.size(), begin + kMaxDestinations) - begin);
       }
-      for (Job& j : jobs) {
-        const Sector start = g.start_of(ChunkIndex(j.old_first));
+      std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
+        if (a.front()->snapshot != b.front()->snapshot) return a.front()->snapshot < b.front()->snapshot;
+        return a.front()->new_chunk.value() < b.front()->new_chunk.value();
+      });
+      const size_t first_job = jobs.size();
+      for (const auto& item : items) {
+        const Sector start = g.start_of(item.front()->old_chunk);
         // The origin's last chunk may be partial.
-        const Sector count = min(Sector(j.chunks * size), device_->size_in_sectors() - start);
-        std::vector<Region> dests;
-        for (auto& list : j.per_dest) {
-          Snapshot& s = *list.front()->snapshot;
-          dests.push_back(Region{s.cow_.get(), g.start_of(list.front()->new_chunk), Sector(0)});
-        }
-        auto per_dest = std::make_shared<std::vector<std::vector<PendingException*>>>(std::move(j.per_dest));
-        after.push_back([this, start, count, dests = std::move(dests), per_dest] {
-          auto st = kcopyd_->copy(Region{device_.get(), start, count}, dests, CopyFlags{},
-                                  [this, per_dest](bool read_error, uint32_t write_errors) {
-                                    for (size_t d = 0; d < per_dest->size(); ++d) {
-                                      const bool ok = !read_error && (write_errors & (1u << d)) == 0;
-                                      copy_finished((*per_dest)[d], ok);
-                                    }
-                                  });
-          if (!st) {
-            for (auto& list : *per_dest) copy_finished(list, false);
+        const Sector count = min(g.chunk_size(), device_->size_in_sectors() - start);
+        bool extends = false;
+        if (jobs.size() > first_job) {
+          const Job& j = jobs.back();
+          extends =
+              !j.closed && j.per_dest.size() == item.size() && j.per_dest.front().size() < kGatherChunks;
+          for (size_t d = 0; d < item.size() && extends; ++d) {
+            const PendingException* last = j.per_dest[d].back();
+            extends = item[d]->snapshot == last->snapshot &&
+                      item[d]->new_chunk.value() == last->new_chunk.value() + 1;
           }
-        });
+        }
+        if (!extends)
+          jobs.push_back(Job{{}, std::vector<std::vector<PendingException*>>(item.size()), false});
+        Job& j = jobs.back();
+        for (size_t d = 0; d < item.size(); ++d) j.per_dest[d].push_back(item[d]);
+        if (!j.sources.empty() && j.sources.back().start + j.sources.back().count == start)
+          j.sources.back().count += count;  // adjacent old chunks: one read
+        else
+          j.sources.push_back(Region{device_.get(), start, count});
+        j.closed = count < g.chunk_size();
       }
     }
   }
+  auto left = std::make_shared<std::atomic<size_t>>(jobs.size());
+  for (Job& j : jobs) {
+    std::vector<Region> dests;
+    for (auto& list : j.per_dest) {
+      Snapshot& s = *list.front()->snapshot;
+      dests.push_back(Region{s.cow_.get(), s.geometry_.start_of(list.front()->new_chunk), Sector(0)});
+    }
+    auto per_dest = std::make_shared<std::vector<std::vector<PendingException*>>>(std::move(j.per_dest));
+    after.push_back([this, sources = std::move(j.sources), dests = std::move(dests), per_dest, left] {
+      auto finished = [this, per_dest, left](bool read_error, uint32_t write_errors) {
+        for (size_t d = 0; d < per_dest->size(); ++d)
+          copy_finished((*per_dest)[d], !read_error && (write_errors & (1u << d)) == 0);
+        if (--*left == 0) copy_batch_done();
+      };
+      auto st = sources.size() == 1 ? kcopyd_->copy(sources.front(), dests, CopyFlags{}, finished)
+                                    : kcopyd_->copy_gather(sources, dests, CopyFlags{}, finished);
+      if (!st) finished(true, 0);
+    });
+  }
+}
+
+void Origin::copy_batch_done() {
+  Actions after;
+  {
+    std::lock_guard lock(mutex_);
+    --copy_batches_;
+    launch_copies_locked(after);
+  }
+  run(after);
 }
 
 void Origin::copy_finished(std::vector<PendingException*> pes, bool ok) {
@@ -511,11 +653,14 @@ void Origin::issue_device_write(const std::shared_ptr<Write>& w) {
   device_->write(
       w->offset, w->buffer,
       [this, w](std::error_code ec) {
+        Actions after;
         {
           std::lock_guard lock(mutex_);
+          if (w->sequence != 0) landed_locked(*w, ec, after);
           if (--writes_in_flight_ == 0) changed_.notify_all();
         }
-        w->done(ec);
+        run(after);
+        if (w->done) w->done(ec);
       },
       w->fixed);
 }

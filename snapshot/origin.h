@@ -10,6 +10,16 @@
 // smallest chunk size so that each bio waits on one chunk per snapshot; waiting on every chunk of the write
 // gives the same guarantee with one device write.)
 //
+// Write-back: a write that has to wait for copy-on-write is, by default, acknowledged as soon as its data is
+// copied into memory the origin owns (at most write_back_limit() bytes at once), as a disk's volatile write
+// cache acknowledges a write. The chain above is unchanged: the write reaches the device only after its
+// exceptions are durable, so no crash can find a snapshot without the old data. Until it lands, reads and
+// writes that overlap it wait for it; flush() waits for every write acknowledged before it to land, then
+// flushes the device, and fails with the error of any write-back write that failed to land since the last
+// flush (as fsync reports a page-cache write-back error). What a crash of the process loses is what a power
+// cut loses on a disk with a write cache: writes acknowledged but not flushed. With the limit at 0 every
+// write is acknowledged only once it is on the device (the kernel's behaviour).
+//
 // Snapshot creation is atomic with respect to origin writes: new writes are held and in-flight ones drained
 // before the snapshot joins, so a write acknowledged before creation is in the snapshot and one issued after
 // it is not. A snapshot whose COW store fills on an origin write is invalidated; the origin write proceeds
@@ -21,9 +31,13 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -44,6 +58,8 @@ struct SnapshotOptions {
 };
 
 class Origin final : public BlockDevice {
+  using Actions = std::vector<std::function<void()>>;
+
  public:
   // Takes the origin device. Result: the origin, or the error of creating its kcopyd client.
   static Result<std::unique_ptr<Origin>> create(std::unique_ptr<BlockDevice> device);
@@ -74,6 +90,11 @@ class Origin final : public BlockDevice {
   // before any I/O; it runs on an I/O completion thread and must not block (hand the work to another thread).
   using InvalidationRecorder = std::function<void(const std::string& name, std::function<void()> done)>;
   void set_invalidation_recorder(InvalidationRecorder recorder) { recorder_ = std::move(recorder); }
+  // Write-back (above): at most limit bytes of acknowledged writes wait for their copy-on-write at once;
+  // Bytes(0) turns it off. Takes effect for writes issued after the call.
+  static constexpr Bytes kDefaultWriteBackLimit{16ull << 20};
+  void set_write_back_limit(Bytes limit);
+  Bytes write_back_limit() const;
   // Makes the snapshot invalid (EIO for its I/O from now on; reason shows in its status) and writes that into
   // its store's header. For a snapshot the caller knows was invalidated before (a reload whose header write
   // had failed). Errors: no such snapshot.
@@ -117,13 +138,28 @@ class Origin final : public BlockDevice {
  private:
   friend class Snapshot;
   // One origin write: the caller's request, held while the snapshots copy the chunks it overwrites.
+  struct AlignedFree {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
   struct Write {
     Bytes offset;
     std::span<const std::byte> buffer;
     FixedBuffer fixed;
-    IoCallback done;
+    IoCallback done;  // empty for a write-back write (acknowledged already)
+    // Write-back: the copy of the caller's data that buffer points to once acknowledged, and the write's
+    // sequence number (0: not a write-back write).
+    std::unique_ptr<std::byte, AlignedFree> owned;
+    uint64_t sequence = 0;
+    // The device write is issued when this reaches 0: the copy-on-write is done and, for a write-back write,
+    // the data is copied.
+    std::atomic<int> gates{1};
   };
-  using Actions = std::vector<std::function<void()>>;
+  // A write-back write between its acknowledgement and its device write's completion.
+  struct Landing {
+    uint64_t end = 0;  // bytes; the map key is the start
+    uint64_t sequence = 0;
+    Actions waiters;  // overlapping reads and writes, issued again once it has landed
+  };
 
   explicit Origin(std::unique_ptr<BlockDevice> device);
   Result<Snapshot*> add_snapshot(std::unique_ptr<Snapshot> snapshot);
@@ -133,7 +169,10 @@ class Origin final : public BlockDevice {
   // ready (without the mutex). Result: false when nothing needed copying (ready is not called).
   bool protect_range_locked(Sector first, Sector last, std::function<void()> ready, Actions& after);
   void write_during_merge_locked(const std::shared_ptr<Write>& w, Actions& after);
+  // Queues fresh exceptions for copying; launches what is queued as one batch of kcopyd jobs while fewer
+  // than a few batches are in flight (origin.cc).
   void start_copies_locked(std::vector<PendingException*>& fresh, Actions& after);
+  void launch_copies_locked(Actions& after);
   // Marks s invalid and writes its header; the origin writes that must not overtake that header wait for it
   // through s.header_waiters_.
   // reason: why, for the status (kept if the snapshot was invalidated already).
@@ -143,8 +182,14 @@ class Origin final : public BlockDevice {
 
   // Called without the mutex.
   void copy_finished(std::vector<PendingException*> pes, bool ok);
+  void copy_batch_done();
   void commit_finished(PendingException* pe, bool valid);
   void issue_device_write(const std::shared_ptr<Write>& w);
+  // Write-back (mutex held): the landing write overlapping [begin, end) bytes, or landing_.end(); what to do
+  // once w has landed.
+  std::map<uint64_t, Landing>::iterator find_landing_locked(uint64_t begin, uint64_t end);
+  void landed_locked(const Write& w, std::error_code ec, Actions& after);
+  void flush_now(IoCallback done);
   void read_during_merge(Bytes offset, std::span<std::byte> buffer, IoCallback done);
   void merge_loop();
   Status merge_step(Snapshot& s, const Exception& last, unsigned n);
@@ -165,6 +210,17 @@ class Origin final : public BlockDevice {
   unsigned writes_in_flight_ = 0;
   bool holding_writes_ = false;
   Actions held_writes_;
+  std::vector<PendingException*> copy_queue_;  // allocated, waiting for a copy batch
+  unsigned copy_batches_ = 0;                  // copy batches in flight
+  // Write-back, guarded by mutex_ (landing_count_ mirrors landing_.size() for the lock-free fast paths).
+  uint64_t write_back_limit_ = kDefaultWriteBackLimit.value();
+  uint64_t write_back_bytes_ = 0;         // data held by landing writes
+  uint64_t write_back_sequence_ = 0;      // the last sequence number given
+  std::map<uint64_t, Landing> landing_;   // start byte -> landing write; never overlapping
+  std::set<uint64_t> landing_sequences_;  // their sequence numbers
+  std::atomic<size_t> landing_count_{0};
+  std::deque<std::pair<uint64_t, IoCallback>> flush_waiters_;  // flushes waiting for sequences <= first
+  int write_back_error_ = 0;  // errno of a write-back write that failed, until a flush
   // Merge state (merge.cc), guarded by mutex_.
   Snapshot* merging_ = nullptr;
   std::atomic<bool> merge_active_{false};     // merging_ != nullptr, readable without the mutex

@@ -211,6 +211,7 @@ Status Daemon::start() {
       options_.state_dir, *views_,
       [table_path](const VolumeTable& t) { return save_volume_table(table_path, t); },
       [this](std::function<void()> work) { return loop_.post(std::move(work)); });
+  targets_->set_write_back_limit(Bytes(options_.write_back_bytes));
   if (Status s = targets_->load(table.value()); !s) return s;
 
   auto control = ControlServer::start(options_.state_dir, ::geteuid(),

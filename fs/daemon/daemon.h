@@ -11,6 +11,9 @@ struct DaemonOptions {
   std::string state_dir;   // absolute; created (0700) when missing
   std::string mountpoint;  // absolute, an existing directory
   bool allow_other = false;
+  // Origin::set_write_back_limit for every origin: bytes of origin writes acknowledged before their
+  // copy-on-write is done (0: acknowledged once on the device).
+  uint64_t write_back_bytes = 16ull << 20;
 };
 
 // Locks the state directory (one daemon per directory), loads the volume table, mounts, loads every target

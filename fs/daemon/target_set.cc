@@ -341,6 +341,7 @@ void TargetSet::load_origin(const OriginEntry& entry) {
   } else {
     t->origin = std::shared_ptr<Origin>(std::move(origin).value());
     t->origin->set_invalidation_recorder(invalidation_recorder());
+    t->origin->set_write_back_limit(write_back_limit_);
     if (Status s = views_.add_volume(fs::VolumeKind::origin, entry.name, t->origin); !s) {
       t->origin.reset();
       fail(s.error().message());
@@ -464,6 +465,7 @@ Status TargetSet::add_origin(const std::string& name, const std::string& device)
   t->entry = OriginEntry{name, device};
   t->origin = std::shared_ptr<Origin>(std::move(origin).value());
   t->origin->set_invalidation_recorder(invalidation_recorder());
+  t->origin->set_write_back_limit(write_back_limit_);
   if (Status s = views_.add_volume(fs::VolumeKind::origin, name, t->origin); !s) return s;
   origins_.push_back(std::move(t));
   if (Status s = save_locked(); !s) {

@@ -65,6 +65,8 @@ class TargetSet {
             std::function<bool(std::function<void()>)> post);
   // Calls close() if it has not run.
   ~TargetSet();
+  // For every origin loaded or added from now on: Origin::set_write_back_limit. Call before load().
+  void set_write_back_limit(Bytes limit) { write_back_limit_ = limit; }
   TargetSet(const TargetSet&) = delete;
   TargetSet& operator=(const TargetSet&) = delete;
 
@@ -132,6 +134,7 @@ class TargetSet {
   fs::ViewServer& views_;
   const std::function<Status(const VolumeTable&)> save_;
   const std::function<bool(std::function<void()>)> post_;
+  Bytes write_back_limit_ = Origin::kDefaultWriteBackLimit;  // set before load()
 
   mutable std::mutex mutex_;
   // Guarded by mutex_. In table order; snapshots in creation order.

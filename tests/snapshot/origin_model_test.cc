@@ -37,7 +37,9 @@ struct ModelSnapshot {
 
 class OriginModel {
  public:
-  OriginModel(const TempDir& dir, uint64_t seed) : dir_(dir), rng_(seed) {
+  // write_back: the origin's write-back limit (Origin::set_write_back_limit; 0: off).
+  OriginModel(const TempDir& dir, uint64_t seed, Bytes write_back)
+      : dir_(dir), rng_(seed), write_back_(write_back) {
     test::write_pattern_file(dir.file("origin.img"), kOriginBytes, seed);
     model_ = test::pattern(seed, 0, kOriginBytes);
     open_origin();
@@ -47,6 +49,7 @@ class OriginModel {
     auto origin = Origin::create(open_dev(dir_.file("origin.img")));
     ASSERT_TRUE(origin.ok());
     origin_ = std::move(origin).value();
+    origin_->set_write_back_limit(write_back_);
   }
 
   // Closes everything and reopens: the persistent snapshots are attached again from their COW files.
@@ -208,6 +211,7 @@ class OriginModel {
  private:
   const TempDir& dir_;
   std::mt19937_64 rng_;
+  Bytes write_back_;
   std::vector<std::byte> model_;
   std::vector<ModelSnapshot> snaps_;
   int names_made_ = 0;
@@ -223,17 +227,28 @@ std::vector<uint64_t> seeds() {
   return {101, 202, 303, 404};
 }
 
-TEST(OriginModel, RandomOperationsMatchModel) {
+// Every seed twice: with the default write-back (origin writes acknowledged before their copy-on-write,
+// read back at once) and with a limit small enough that only some writes of a batch are held.
+class OriginModelTest : public ::testing::TestWithParam<uint64_t> {};
+
+TEST_P(OriginModelTest, RandomOperationsMatchModel) {
   for (uint64_t seed : seeds()) {
     std::printf("origin model seed %llu (rerun with KCOPYFS_SEED=%llu)\n",
                 static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
     SCOPED_TRACE("seed " + std::to_string(seed));
     TempDir dir;
-    OriginModel model(dir, seed);
+    OriginModel model(dir, seed, Bytes(GetParam()));
     model.create_snapshot();
     ASSERT_NO_FATAL_FAILURE(model.run(1500));
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(WriteBack, OriginModelTest,
+                         ::testing::Values(Origin::kDefaultWriteBackLimit.value(), uint64_t{64} << 10, 0),
+                         [](const ::testing::TestParamInfo<uint64_t>& info) {
+                           return info.param == 0 ? std::string("Off")
+                                                  : std::to_string(info.param >> 10) + "KiB";
+                         });
 
 }  // namespace
 }  // namespace kcopyfs

@@ -27,6 +27,17 @@ namespace kcopyfs::test {
 
 inline constexpr auto kWait = std::chrono::seconds(60);
 
+// With 4 KiB chunks, a persistent store's metadata area 0 is chunk 1 (sectors 8-15); data starts at chunk 2.
+inline constexpr Sector kArea0Of4K{8};
+
+// Whether a FaultDevice's records hold a completed write to area 0 of a store with 4 KiB chunks.
+inline bool area0_written(const std::vector<FaultDevice::Record>& records) {
+  for (const auto& r : records) {
+    if (r.op == FaultDevice::Op::write && r.start == kArea0Of4K && r.error == 0) return true;
+  }
+  return false;
+}
+
 inline std::unique_ptr<FileDevice> open_file(const std::string& path) {
   auto dev = FileDevice::open(path, OpenOptions{});
   if (!dev) throw std::runtime_error(dev.error().message());

@@ -131,6 +131,9 @@ class SnapshotStorm {
     auto made = Origin::create(std::move(origin_dev));
     ASSERT_TRUE(made) << made.error().message();
     origin_ = std::move(made).value();
+    // With the origin device failing, each origin write must report its own error (the model checks it):
+    // no write-back, whose failures only a later flush reports.
+    if (c_.kind == Kind::origin) origin_->set_write_back_limit(Bytes(0));
     // As the daemon does: an invalidation its COW header cannot keep is kept here, before the origin goes on.
     origin_->set_invalidation_recorder([this](const std::string& name, std::function<void()> done) {
       {
@@ -185,6 +188,7 @@ class SnapshotStorm {
     auto again = Origin::create(FaultyFile::open(origin_path));
     ASSERT_TRUE(again) << again.error().message();
     origin_ = std::move(again).value();
+    if (c_.kind == Kind::origin) origin_->set_write_back_limit(Bytes(0));
     for (size_t i = 0; i < snaps_.size(); ++i) {
       Snap& s = snaps_[i];
       const auto header = PersistentStore::read_header(*FileDevice::open(s.cow_path, OpenOptions{}).value());
@@ -430,6 +434,7 @@ TEST(SnapshotStormFinding, AnInvalidationTheHeaderCannotKeepIsRecordedBeforeTheO
     auto made = Origin::create(FaultyFile::open(origin_path));
     ASSERT_TRUE(made);
     std::unique_ptr<Origin> origin = std::move(made).value();
+    origin->set_write_back_limit(Bytes(0));  // the write's acknowledgement shows when it went on
     std::promise<std::pair<std::string, std::function<void()>>> told;
     auto told_future = told.get_future();
     origin->set_invalidation_recorder([&told](const std::string& name, std::function<void()> done) {
@@ -493,6 +498,7 @@ TEST(SnapshotStormFinding, ReadRacingAFailedCopyFailsNotWrongData) {
   auto made = Origin::create(std::move(origin_dev));
   ASSERT_TRUE(made);
   std::unique_ptr<Origin> origin = std::move(made).value();
+  origin->set_write_back_limit(Bytes(0));  // the write's acknowledgement shows when it went on
   auto cow = FaultyFile::open(cow_path);
   FaultDevice& cow_fault = cow->fault();
   auto snap = origin->create_snapshot("s", std::move(cow), SnapshotOptions{});

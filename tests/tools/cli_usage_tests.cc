@@ -317,6 +317,18 @@ TEST(MountHelperTest, AcceptsMountsOwnOptions) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("state")));
 }
 
+TEST(MountHelperTest, PassesWriteBackToKcopyfsMount) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.file("mnt"));
+  const auto fake =
+      run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-f", "-o", "write_back=8M"});
+  EXPECT_EQ(fake.exit_code, 0) << fake.err;
+  // kcopyfs mount checks the SIZE: its refusal shows that the value reached it.
+  const auto r = run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-o", "rw,write_back=lots"});
+  expect_one_line_error(r, "kcopyfs: mount: --write-back: 'lots'");
+  EXPECT_FALSE(std::filesystem::exists(dir.file("state")));
+}
+
 TEST(MountHelperTest, RunsKcopyfsMount) {
   TempDir dir;
   // The mountpoint is missing, so kcopyfs mount itself (found beside the helper) reports it.

@@ -81,13 +81,14 @@ struct Options {
   bool keep_going_without_root = true;
   bool writable_snapshot = false;  // the write parts write into snapshot s0 (writable), not the origin
   bool fill_ahead = true;          // COW files behind engine/fill_ahead_device.h, as the origin makes them
+  uint64_t write_back = Origin::kDefaultWriteBackLimit.value();  // Origin::set_write_back_limit
 };
 
 Options parse(int argc, char** argv) {
   namespace po = boost::program_options;
   Options o;
   std::string origin_size = "1G", snapshots = "0,1,2,4,8", chunks = "4,64", parts = "rand,seq,load,mem";
-  std::string prefill = "0", model;
+  std::string prefill = "0", model, write_back = std::to_string(Origin::kDefaultWriteBackLimit.value());
   bool no_fill_ahead = false;
   po::options_description options("Options");
   options.add_options()("workdir", po::value(&o.workdir),
@@ -110,6 +111,9 @@ Options parse(int argc, char** argv) {
       "no-fill-ahead", po::bool_switch(&no_fill_ahead),
       "leave COW files sparse until the store writes them (Origin::set_cow_fill_ahead(false)); default: "
       "their holes are filled ahead of the store's allocation point in the background, as in the daemon")(
+      "write-back", po::value(&write_back),
+      "Origin::set_write_back_limit: at most SIZE bytes of origin writes acknowledged before their "
+      "copy-on-write is done (0: each acknowledged once on the device, as the kernel does); default 16M")(
       "writable-snapshot", po::bool_switch(&o.writable_snapshot),
       "the write parts write into the first snapshot, created writable, instead of the origin (first writes "
       "into a writable snapshot; configurations without snapshots are still raw and origin)");
@@ -117,6 +121,7 @@ Options parse(int argc, char** argv) {
   o.origin_bytes = size_or_die(origin_size);
   o.cow_prefill = size_or_die(prefill);
   o.fill_ahead = !no_fill_ahead;
+  o.write_back = size_or_die(write_back);
   o.snapshots.clear();
   for (uint64_t n : numbers_or_die("--snapshots", snapshots)) o.snapshots.push_back(static_cast<unsigned>(n));
   o.chunks_kib = numbers_or_die("--chunks", chunks);
@@ -457,6 +462,7 @@ Measurement measure(const Options& o, const std::string& dir, const Config& c, u
     auto made = Origin::create(std::move(counted));
     if (!made) die(made.error().message());
     origin = std::move(made).value();
+    origin->set_write_back_limit(Bytes(o.write_back));
     const uint64_t chunk = std::max<uint64_t>(c.chunk_kib, 4) * kKiB;
     // Room for every chunk of the origin, its metadata areas, the header and some slack; sparse.
     const uint64_t epa = chunk / fmt::kRecordBytes;

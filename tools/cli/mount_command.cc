@@ -16,6 +16,7 @@
 #include "fs/daemon/control_client.h"
 #include "fs/daemon/daemon.h"
 #include "tools/cli/command.h"
+#include "tools/cli/sizes.h"
 #include "tools/cli/subprocess.h"
 #include "tools/cli/verb_args.h"
 
@@ -125,7 +126,7 @@ int await_daemon(pid_t child, int report_fd, const std::string& state_dir) {
 int run_mount(const std::vector<std::string>& args) {
   constexpr const char* kVerb = "mount";
   std::string usage(
-      "Usage: kcopyfs mount [--state DIR] [--foreground] [--allow-other] MOUNTPOINT\n"
+      "Usage: kcopyfs mount [--state DIR] [--foreground] [--allow-other] [--write-back SIZE] MOUNTPOINT\n"
       "Starts the daemon of the state directory DIR and mounts its targets on MOUNTPOINT (an existing\n"
       "directory): MOUNTPOINT/origins/NAME, MOUNTPOINT/snapshots/NAME, MOUNTPOINT/mirrors/NAME.\n"
       "Returns 0 once the mount is ready and every target is loaded (a target that cannot be loaded is "
@@ -135,13 +136,19 @@ int run_mount(const std::vector<std::string>& args) {
       "mirror logs, and the daemon's log (kcopyfs.log); it is created when missing. One daemon per DIR.\n"
       "Default DIR: ");
   usage += daemon::default_state_dir();
-  usage += ".\nIn /etc/fstab:  DIR MOUNTPOINT fuse.kcopyfs defaults[,allow_other] 0 0\n\nOptions";
+  usage +=
+      ".\nIn /etc/fstab:  DIR MOUNTPOINT fuse.kcopyfs defaults[,allow_other][,write_back=SIZE] 0 "
+      "0\n\nOptions";
   po::options_description visible(usage);
-  std::string state_dir;
+  std::string state_dir, write_back;
   visible.add_options()("help,h", "show this help")("state", po::value<std::string>(&state_dir),
                                                     "the state directory DIR")(
       "foreground", "run the daemon in this process (its log goes to stderr) until unmounted")(
-      "allow-other", "let other users see the views (needs user_allow_other in /etc/fuse.conf unless root)");
+      "allow-other", "let other users see the views (needs user_allow_other in /etc/fuse.conf unless root)")(
+      "write-back", po::value<std::string>(&write_back),
+      "origin writes that wait for copy-on-write are acknowledged once the daemon holds their data, up to "
+      "SIZE per origin (default 16M), and reach the device after their exceptions are durable; fsync waits "
+      "for them. 0: acknowledge each only once it is on the device");
   auto parsed = parse_verb_args(kVerb, visible, args, 1, 1);
   if (auto* code = std::get_if<int>(&parsed)) return *code;
   const auto& vm = std::get<VerbArgs>(parsed).options;
@@ -151,6 +158,11 @@ int run_mount(const std::vector<std::string>& args) {
   options.state_dir = absolute_path(state_dir.empty() ? daemon::default_state_dir() : state_dir);
   options.mountpoint = mountpoint;
   options.allow_other = vm.count("allow-other") > 0;
+  if (!write_back.empty()) {
+    const auto bytes = parse_size(write_back);
+    if (!bytes) return fail(kVerb, "--write-back: '" + write_back + "' is not a SIZE (bytes, or K/M/G/T)");
+    options.write_back_bytes = *bytes;
+  }
 
   // A mount left by a killed daemon of this state directory is no obstacle: the new daemon, holding the
   // directory's lock, detaches it. Any other mount there is the user's to deal with.
