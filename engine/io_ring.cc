@@ -18,7 +18,15 @@ Result<std::unique_ptr<IoRing>> IoRing::create(const Options& options) {
   io_uring_params params{};
   params.flags = IORING_SETUP_CQSIZE;
   params.cq_entries = options.entries * 2;
-  int rc = io_uring_queue_init_params(options.entries, &r->ring_, &params);
+  int rc = -EINVAL;
+  if (options.sq_poll_idle.count() > 0) {
+    io_uring_params polled = params;
+    polled.flags |= IORING_SETUP_SQPOLL;
+    polled.sq_thread_idle = static_cast<unsigned>(options.sq_poll_idle.count());
+    rc = io_uring_queue_init_params(options.entries, &r->ring_, &polled);
+    if (rc == 0) params = polled;
+  }
+  if (rc < 0) rc = io_uring_queue_init_params(options.entries, &r->ring_, &params);
   if (rc < 0) return Error::from_errno(-rc, "io_uring_queue_init");
   r->cq_capacity_ = params.cq_entries;
   if (options.fixed_buffer_slots > 0 &&
@@ -31,10 +39,30 @@ Result<std::unique_ptr<IoRing>> IoRing::create(const Options& options) {
   return r;
 }
 
+namespace {
+std::mutex shared_mutex;
+bool shared_made = false;        // guarded by shared_mutex
+IoRing::Options shared_options;  // guarded by shared_mutex
+}  // namespace
+
+Status IoRing::configure_shared(const Options& options) {
+  std::lock_guard lock(shared_mutex);
+  if (shared_made)
+    return Error(std::error_code(EBUSY, std::generic_category()), "the shared io_uring exists already");
+  shared_options = options;
+  return {};
+}
+
 Result<IoRing*> IoRing::shared() {
   // Deliberately never destroyed: devices and clients with static lifetime may still use it during exit.
   static Result<IoRing*> ring = []() -> Result<IoRing*> {
-    auto r = create(Options{});
+    Options options;
+    {
+      std::lock_guard lock(shared_mutex);
+      shared_made = true;
+      options = shared_options;
+    }
+    auto r = create(options);
     if (!r) return r.error();
     return std::move(r).value().release();
   }();
@@ -44,11 +72,7 @@ Result<IoRing*> IoRing::shared() {
 IoRing::~IoRing() {
   {
     std::lock_guard lock(sq_mutex_);
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    while (sqe == nullptr) {
-      io_uring_submit(&ring_);
-      sqe = io_uring_get_sqe(&ring_);
-    }
+    io_uring_sqe* sqe = get_sqe_locked();
     io_uring_prep_nop(sqe);
     io_uring_sqe_set_data(sqe, nullptr);  // the stop marker
     ++in_kernel_;
@@ -58,14 +82,20 @@ IoRing::~IoRing() {
   io_uring_queue_exit(&ring_);
 }
 
-void IoRing::prepare_locked(Pending* p) {
+io_uring_sqe* IoRing::get_sqe_locked() {
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-  if (sqe == nullptr) {
+  while (sqe == nullptr) {
+    // Full: hand the queue to the kernel. Without polling, io_uring_enter consumes it at once; with it, the
+    // polling thread does, soon (wait for it).
     io_uring_submit(&ring_);
+    if (polling()) io_uring_sqring_wait(&ring_);
     sqe = io_uring_get_sqe(&ring_);
   }
-  // The submission queue holds entries_ slots and in_kernel_ is bounded by cq_capacity_; after a submit the
-  // queue is empty, so a slot is always available here.
+  return sqe;
+}
+
+void IoRing::prepare_locked(Pending* p) {
+  io_uring_sqe* sqe = get_sqe_locked();
   const IoOp& op = p->op;
   std::byte* buf = op.buffer + p->done_bytes;
   const uint64_t off = op.offset + p->done_bytes;

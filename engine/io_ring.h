@@ -7,6 +7,12 @@
 // than its device). When more operations are submitted than the completion queue can hold, the excess waits
 // in a backlog inside the ring and is issued as completions drain, so the kernel never drops a completion.
 //
+// Submission polling (Options::sq_poll_idle, off by default). A kernel thread of the ring takes new
+// submissions from the queue while they keep coming, and sleeps once none came for sq_poll_idle; submitting
+// then costs no system call, and operations that arrive together reach the block layer together (one device
+// notification for several). The price is CPU: while I/O flows, the thread spins on one core. Where the
+// kernel refuses it (old kernels, restricted io_uring), the ring is made without it.
+//
 // Fixed buffers. A caller that owns long-lived memory (kcopyd's buffer pool) registers it once and passes the
 // returned index with each operation; the kernel then skips pinning pages per I/O. Registration is best
 // effort: without it (old kernel, RLIMIT_MEMLOCK) register_buffer() returns nullopt and plain I/O is used.
@@ -19,6 +25,7 @@
 
 #include <liburing.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -53,14 +60,19 @@ struct IoOp {
 class IoRing {
  public:
   struct Options {
-    unsigned entries = 256;            // submission queue size; the completion queue is twice that
-    unsigned fixed_buffer_slots = 64;  // registered-buffer table size (0: no fixed buffers)
+    unsigned entries = 256;                     // submission queue size; the completion queue is twice that
+    unsigned fixed_buffer_slots = 64;           // registered-buffer table size (0: no fixed buffers)
+    std::chrono::milliseconds sq_poll_idle{0};  // submission polling (above); 0: off
   };
 
   // Result: a running ring, or the error of io_uring_queue_init (ENOSYS/EPERM where io_uring is unavailable).
   static Result<std::unique_ptr<IoRing>> create(const Options& options);
   // The process-wide ring, created on first use and kept until exit. Thread-safe.
   static Result<IoRing*> shared();
+  // The options shared() makes its ring with. Errors: EBUSY once shared() has made it. Thread-safe.
+  static Status configure_shared(const Options& options);
+  // Whether the ring's submissions are polled (Options::sq_poll_idle, when the kernel allowed it).
+  bool polling() const { return (ring_.flags & IORING_SETUP_SQPOLL) != 0; }
 
   // Precondition: every operation submitted has completed (owners wait for their own I/O first).
   ~IoRing();
@@ -85,6 +97,7 @@ class IoRing {
   struct Pending;
   explicit IoRing(unsigned entries);
   void prepare_locked(Pending* p);  // requires sq_mutex_
+  io_uring_sqe* get_sqe_locked();   // requires sq_mutex_; waits for a free slot
   void issue(std::unique_ptr<Pending> p);
   void completion_loop();
   void complete(Pending* p, int res);

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/io_ring.h"
 #include "engine/result.h"
 #include "engine/unique_fd.h"
 #include "fs/daemon/control_protocol.h"
@@ -258,7 +259,11 @@ int Daemon::run(const std::function<void(const std::string&)>& ready) {
     ready(s.error().message());
     return 1;
   }
-  log_line("serving " + options_.state_dir + " at " + options_.mountpoint);
+  std::string polling = "off";
+  if (auto ring = IoRing::shared(); ring && ring.value()->polling())
+    polling = std::to_string(options_.io_poll.count()) + " ms";
+  log_line("serving " + options_.state_dir + " at " + options_.mountpoint +
+           " (I/O submission polling: " + polling + ")");
   ready("");
 
   sigset_t set;
@@ -304,6 +309,13 @@ int run_daemon(const DaemonOptions& options, const std::function<void(const std:
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Before anything makes the process's io_uring.
+  IoRing::Options ring;
+  ring.sq_poll_idle = options.io_poll;
+  if (Status s = IoRing::configure_shared(ring); !s) {
+    ready(s.error().message());
+    return 1;
+  }
   Daemon daemon(options);
   return daemon.run(ready);
 }

@@ -2,6 +2,8 @@
 // table, and the control requests of the CLI (control_protocol.h).
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <string>
 
@@ -14,6 +16,9 @@ struct DaemonOptions {
   // Origin::set_write_back_limit for every origin: bytes of origin writes acknowledged before their
   // copy-on-write is done (0: acknowledged once on the device).
   uint64_t write_back_bytes = 16ull << 20;
+  // IoRing::Options::sq_poll_idle of the daemon's io_uring: how long the kernel keeps polling for new I/O
+  // after the last one (0: no polling thread).
+  std::chrono::milliseconds io_poll{2};
 };
 
 // Locks the state directory (one daemon per directory), loads the volume table, mounts, loads every target

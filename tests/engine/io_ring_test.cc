@@ -19,10 +19,11 @@
 namespace kcopyfs::test {
 namespace {
 
-std::unique_ptr<IoRing> make_ring(unsigned entries, unsigned fixed_slots = 0) {
+std::unique_ptr<IoRing> make_ring(unsigned entries, unsigned fixed_slots = 0, bool polled = false) {
   IoRing::Options o;
   o.entries = entries;
   o.fixed_buffer_slots = fixed_slots;
+  if (polled) o.sq_poll_idle = std::chrono::milliseconds(2);
   auto r = IoRing::create(o);
   if (!r) throw std::runtime_error(r.error().message());
   return std::move(r).value();
@@ -65,13 +66,29 @@ class Completions {
 
 constexpr uint64_t kBlock = 4 * KiB;
 
-TEST(IoRing, MoreOperationsThanTheCompletionQueueHoldsAllCompleteExactlyOnce) {
+// The queue-filling tests run with and without submission polling (Options::sq_poll_idle): with it, a full
+// submission queue is drained by the kernel's polling thread, not by the submit call.
+class IoRingQueues : public ::testing::TestWithParam<bool> {
+ protected:
+  std::unique_ptr<IoRing> ring(unsigned entries) {
+    auto r = make_ring(entries, 0, GetParam());
+    EXPECT_EQ(r->polling(), GetParam()) << "submission polling was refused here";
+    return r;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Polling, IoRingQueues, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? std::string("Polled") : std::string("Plain");
+                         });
+
+TEST_P(IoRingQueues, MoreOperationsThanTheCompletionQueueHoldsAllCompleteExactlyOnce) {
   TempDir dir;
   constexpr size_t kOps = 5000;
   write_pattern_file(dir.file("f"), kOps * kBlock, 90);
   UniqueFd fd(::open(dir.file("f").c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid());
-  auto ring = make_ring(16);  // a completion queue of 32
+  auto ring = this->ring(16);  // a completion queue of 32
   std::vector<std::byte> buf(kOps * kBlock, std::byte{0xAA});
   Completions c(kOps);
   std::vector<IoOp> ops(kOps);
@@ -96,13 +113,13 @@ TEST(IoRing, MoreOperationsThanTheCompletionQueueHoldsAllCompleteExactlyOnce) {
   }
 }
 
-TEST(IoRing, ConcurrentSubmittersBeyondTheQueueSize) {
+TEST_P(IoRingQueues, ConcurrentSubmittersBeyondTheQueueSize) {
   TempDir dir;
   constexpr size_t kThreads = 4, kPerThread = 1000, kOps = kThreads * kPerThread;
   make_sparse_file(dir.file("f"), kOps * kBlock);
   UniqueFd fd(::open(dir.file("f").c_str(), O_RDWR | O_CLOEXEC));
   ASSERT_TRUE(fd.valid());
-  auto ring = make_ring(8);
+  auto ring = this->ring(8);
   const auto data = pattern(91, 0, kOps * kBlock);
   Completions c(kOps);
   std::vector<std::thread> threads;
@@ -128,6 +145,16 @@ TEST(IoRing, ConcurrentSubmittersBeyondTheQueueSize) {
     ASSERT_EQ(c.result(i), static_cast<int>(kBlock)) << "op " << i;
   }
   EXPECT_EQ(read_file(dir.file("f"), 0, kOps * kBlock), data);
+}
+
+TEST(IoRing, TheSharedRingIsConfiguredOnlyBeforeItIsMade) {
+  ASSERT_TRUE(IoRing::shared().ok());
+  IoRing::Options o;
+  o.sq_poll_idle = std::chrono::milliseconds(1);
+  const Status st = IoRing::configure_shared(o);
+  ASSERT_FALSE(st.ok()) << "configure_shared succeeded after the shared ring was made";
+  EXPECT_EQ(st.error().errno_value(), EBUSY);
+  EXPECT_FALSE(IoRing::shared().value()->polling()) << "the default shared ring polls";
 }
 
 TEST(IoRing, ReadPastEndOfAShrunkFileReturnsZerosForTheTail) {

@@ -222,6 +222,32 @@ TEST(Origin, ViewShowsTheDeviceAndWritesLandOnIt) {
   EXPECT_TRUE(same_bytes(read_all(image), expected)) << "the image after umount";
 }
 
+// --io-poll and --write-back reach the daemon: its log names the polling it got, and views work either way.
+TEST(Origin, PollingAndWriteBackOptionsReachTheDaemon) {
+  REQUIRE_ROOT();
+  KcopyfsMount m(false);
+  for (const std::vector<std::string>& extra :
+       {std::vector<std::string>{"--io-poll", "0", "--write-back", "0"}, std::vector<std::string>{}}) {
+    const bool defaults = extra.empty();
+    SCOPED_TRACE(defaults ? "defaults" : "--io-poll 0 --write-back 0");
+    const auto r = m.mount(extra);
+    ASSERT_TRUE(r.ok()) << r;
+    const std::string log = read_all(m.state_dir() + "/kcopyfs.log");
+    const std::string said = defaults ? "I/O submission polling: 2 ms)" : "I/O submission polling: off)";
+    EXPECT_NE(log.rfind(said), std::string::npos) << log;
+    if (!defaults) {
+      RUN_OK(m.origin_add("data", make_image(m, "data.img", 3)));
+      RUN_OK(m.snapshot_create("data", "s"));
+    }
+    // A first write under copy-on-write, read back through the origin; the snapshot keeps the old data.
+    const std::string d = pattern_string(defaults ? 11 : 10, 0, 64 * kKiB);
+    write_at(m.origin_view("data"), 2 * kMiB, d);
+    EXPECT_TRUE(same_bytes(contents(m.origin_view("data")).substr(2 * kMiB, d.size()), d));
+    EXPECT_TRUE(same_bytes(contents(m.snapshot_view("s")), pattern_string(3, 0, kImage)));
+    RUN_OK(m.umount());
+  }
+}
+
 TEST(Origin, BlockDeviceIsReleasedAtUmount) {
   REQUIRE_ROOT();
   KcopyfsMount m(false);

@@ -317,15 +317,17 @@ TEST(MountHelperTest, AcceptsMountsOwnOptions) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("state")));
 }
 
-TEST(MountHelperTest, PassesWriteBackToKcopyfsMount) {
+TEST(MountHelperTest, PassesWriteBackAndIoPollToKcopyfsMount) {
   TempDir dir;
   std::filesystem::create_directory(dir.file("mnt"));
   const auto fake =
-      run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-f", "-o", "write_back=8M"});
+      run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-f", "-o", "write_back=8M,io_poll=1"});
   EXPECT_EQ(fake.exit_code, 0) << fake.err;
-  // kcopyfs mount checks the SIZE: its refusal shows that the value reached it.
+  // kcopyfs mount checks the values: its refusals show that they reached it.
   const auto r = run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-o", "rw,write_back=lots"});
   expect_one_line_error(r, "kcopyfs: mount: --write-back: 'lots'");
+  const auto p = run(KCOPYFS_MOUNT_HELPER, {dir.file("state"), dir.file("mnt"), "-o", "io_poll=often"});
+  expect_one_line_error(p, "kcopyfs: mount: ", "io-poll");
   EXPECT_FALSE(std::filesystem::exists(dir.file("state")));
 }
 
