@@ -1,11 +1,12 @@
 // IoRing: asynchronous file I/O on one io_uring, shared by every device and kcopyd client of a process.
 //
 // Design. Any thread may submit; submissions are batched under one mutex and handed to the kernel with a
-// single io_uring_enter per batch. One completion thread per ring blocks in io_uring_wait_cqe (no polling)
-// and runs each operation's completion. Short reads and writes are continued from where they stopped, -EAGAIN
-// and -EINTR are resubmitted, and a read that meets end-of-file fills the rest with zeros (a file shorter
-// than its device). When more operations are submitted than the completion queue can hold, the excess waits
-// in a backlog inside the ring and is issued as completions drain, so the kernel never drops a completion.
+// single io_uring_enter per batch. One completion thread per ring blocks in io_uring_wait_cqe (completions
+// are not polled) and runs each operation's completion. Short reads and writes are continued from where they
+// stopped, -EAGAIN and -EINTR are resubmitted, and a read that meets end-of-file fills the rest with zeros (a
+// file shorter than its device). When more operations are submitted than the completion queue can hold, the
+// excess waits in a backlog inside the ring and is issued as completions drain, so the kernel never drops a
+// completion.
 //
 // Submission polling (Options::sq_poll_idle, off by default). A kernel thread of the ring takes new
 // submissions from the queue while they keep coming, and sleeps once none came for sq_poll_idle; submitting

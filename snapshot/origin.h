@@ -3,9 +3,10 @@
 //
 // Reads pass through to the device. A write first makes sure every active snapshot holds the old data of
 // every chunk it touches: chunks without an exception get a PendingException in each snapshot that lacks one;
-// the old data is copied by kcopyd with one job per run of adjacent chunks, reading the origin once and
-// writing every snapshot's COW store that needs it (the kernel copies once per snapshot); the exceptions are
-// committed; only then is the write issued to the device, as one I/O. Concurrent writes to a chunk wait on
+// the old data is copied by kcopyd, reading each chunk once and writing every snapshot's COW store that
+// needs it (the kernel copies once per snapshot), in batches of gather jobs (origin.cc,
+// start_copies_locked); the exceptions are committed; only then is the write issued to the device, as one
+// I/O. Concurrent writes to a chunk wait on
 // its one pending exception; writes to other chunks proceed in parallel. (The kernel splits writes at the
 // smallest chunk size so that each bio waits on one chunk per snapshot; waiting on every chunk of the write
 // gives the same guarantee with one device write.)
