@@ -6,10 +6,9 @@
 // the old data is copied by kcopyd, reading each chunk once and writing every snapshot's COW store that
 // needs it (the kernel copies once per snapshot), in batches of gather jobs (origin.cc,
 // start_copies_locked); the exceptions are committed; only then is the write issued to the device, as one
-// I/O. Concurrent writes to a chunk wait on
-// its one pending exception; writes to other chunks proceed in parallel. (The kernel splits writes at the
-// smallest chunk size so that each bio waits on one chunk per snapshot; waiting on every chunk of the write
-// gives the same guarantee with one device write.)
+// I/O. Concurrent writes to a chunk wait on its one pending exception; writes to other chunks proceed in
+// parallel. (The kernel splits writes at the smallest chunk size so that each bio waits on one chunk per
+// snapshot; waiting on every chunk of the write gives the same guarantee with one device write.)
 //
 // Write-back: a write that has to wait for copy-on-write is, by default, acknowledged as soon as its data is
 // copied into memory the origin owns (at most write_back_limit() bytes at once), as a disk's volatile write
