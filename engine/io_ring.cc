@@ -24,6 +24,11 @@ Result<std::unique_ptr<IoRing>> IoRing::create(const Options& options) {
     polled.flags |= IORING_SETUP_SQPOLL;
     polled.sq_thread_idle = static_cast<unsigned>(options.sq_poll_idle.count());
     rc = io_uring_queue_init_params(options.entries, &r->ring_, &polled);
+    if (rc == 0 && (polled.features & IORING_FEAT_SQPOLL_NONFIXED) == 0) {
+      // Before Linux 5.11 a polled ring only takes registered files: every plain fd would fail with EBADF.
+      io_uring_queue_exit(&r->ring_);
+      rc = -EINVAL;
+    }
     if (rc == 0) params = polled;
   }
   if (rc < 0) rc = io_uring_queue_init_params(options.entries, &r->ring_, &params);

@@ -21,6 +21,13 @@ namespace kcopyfs {
 
 Status Origin::start_merge(const std::string& name, std::function<void(Status)> on_done) {
   std::unique_lock lock(mutex_);
+  // A previous merge's thread first (it has finished: merging_ is null), before the writes are drained: the
+  // join lets go of the mutex, and writes that came in meanwhile would go on unmerged.
+  while (merging_ == nullptr && merge_thread_.joinable()) {
+    lock.unlock();
+    merge_thread_.join();
+    lock.lock();
+  }
   Snapshot* s = nullptr;
   for (auto& p : snapshots_) {
     if (p->name() == name) s = p.get();
@@ -37,11 +44,6 @@ Status Origin::start_merge(const std::string& name, std::function<void(Status)> 
   changed_.wait(lock,
                 [&] { return writes_in_flight_ == 0 && s->writes_in_flight_ == 0 && s->pending_.empty(); });
   holding_writes_ = false;
-  if (merge_thread_.joinable()) {
-    lock.unlock();
-    merge_thread_.join();  // the previous merge has finished (merging_ is null)
-    lock.lock();
-  }
   merging_ = s;
   merge_active_.store(true, std::memory_order_release);
   merge_total_ = s->table_.size();

@@ -219,36 +219,40 @@ void Origin::landed_locked(const Write& w, std::error_code ec, Actions& after) {
   landing_sequences_.erase(w.sequence);
   landing_count_.store(landing_.size());
   write_back_bytes_ -= w.buffer.size();
-  if (ec) write_back_error_ = ec.value();
+  if (ec) landing_errors_.emplace(w.sequence, ec.value());
   while (!flush_waiters_.empty() &&
          (landing_sequences_.empty() || flush_waiters_.front().first < *landing_sequences_.begin())) {
     after.push_back(
-        [this, done = std::move(flush_waiters_.front().second)]() mutable { flush_now(std::move(done)); });
+        [this, mark = flush_waiters_.front().first,
+         done = std::move(flush_waiters_.front().second)]() mutable { flush_now(mark, std::move(done)); });
     flush_waiters_.pop_front();
   }
 }
 
 void Origin::flush(IoCallback done) {
-  if (landing_count_.load() > 0) {
+  uint64_t mark;
+  {
     std::lock_guard lock(mutex_);
+    mark = write_back_sequence_;
     if (!landing_sequences_.empty()) {
       // Every write acknowledged so far must be on the device before the device's flush.
-      flush_waiters_.emplace_back(write_back_sequence_, std::move(done));
+      flush_waiters_.emplace_back(mark, std::move(done));
       return;
     }
   }
-  flush_now(std::move(done));
+  flush_now(mark, std::move(done));
 }
 
-void Origin::flush_now(IoCallback caller_done) {
-  // A write-back write that failed to land fails the next flush: its caller was told it succeeded.
-  IoCallback done = [this, caller_done = std::move(caller_done)](std::error_code ec) {
-    if (!ec) {
+void Origin::flush_now(uint64_t mark, IoCallback caller_done) {
+  // A write-back write that failed to land fails the flushes that cover it (its caller was told it
+  // succeeded), once: the first such flush to complete reports it.
+  IoCallback done = [this, mark, caller_done = std::move(caller_done)](std::error_code ec) {
+    {
       std::lock_guard lock(mutex_);
-      if (write_back_error_ != 0) {
-        ec = std::error_code(write_back_error_, std::generic_category());
-        write_back_error_ = 0;
-      }
+      auto end = landing_errors_.upper_bound(mark);
+      if (!ec && end != landing_errors_.begin())
+        ec = std::error_code(landing_errors_.begin()->second, std::generic_category());
+      landing_errors_.erase(landing_errors_.begin(), end);
     }
     caller_done(ec);
   };
@@ -452,7 +456,8 @@ void Origin::launch_copies_locked(Actions& after) {
         items.emplace_back(pes.data() + begin, std::min(pes.size(), begin + kMaxDestinations) - begin);
       }
       std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
-        if (a.front()->snapshot != b.front()->snapshot) return a.front()->snapshot < b.front()->snapshot;
+        if (a.front()->snapshot != b.front()->snapshot)
+          return std::less<const Snapshot*>{}(a.front()->snapshot, b.front()->snapshot);
         return a.front()->new_chunk.value() < b.front()->new_chunk.value();
       });
       const size_t first_job = jobs.size();

@@ -189,7 +189,8 @@ class Origin final : public BlockDevice {
   // once w has landed.
   std::map<uint64_t, Landing>::iterator find_landing_locked(uint64_t begin, uint64_t end);
   void landed_locked(const Write& w, std::error_code ec, Actions& after);
-  void flush_now(IoCallback done);
+  // Flushes the device; done gets the error of a write-back write up to sequence `mark` that failed to land.
+  void flush_now(uint64_t mark, IoCallback done);
   void read_during_merge(Bytes offset, std::span<std::byte> buffer, IoCallback done);
   void merge_loop();
   Status merge_step(Snapshot& s, const Exception& last, unsigned n);
@@ -220,7 +221,8 @@ class Origin final : public BlockDevice {
   std::set<uint64_t> landing_sequences_;  // their sequence numbers
   std::atomic<size_t> landing_count_{0};
   std::deque<std::pair<uint64_t, IoCallback>> flush_waiters_;  // flushes waiting for sequences <= first
-  int write_back_error_ = 0;  // errno of a write-back write that failed, until a flush
+  // Write-back writes that failed to land and no flush has reported yet: sequence -> errno.
+  std::map<uint64_t, int> landing_errors_;
   // Merge state (merge.cc), guarded by mutex_.
   Snapshot* merging_ = nullptr;
   std::atomic<bool> merge_active_{false};     // merging_ != nullptr, readable without the mutex

@@ -130,6 +130,22 @@ TEST_F(OriginWriteBackTest, AWriteThatFailsToLandFailsTheNextFlush) {
   EXPECT_TRUE(same_bytes(read_all(*snap_), original_));
 }
 
+TEST_F(OriginWriteBackTest, AFailureToLandFailsOnlyFlushesIssuedAfterTheAcknowledgement) {
+  // The first flush reaches the device at once and is held there until well after the write failed.
+  origin_fault_->add_rule({Op::flush, Sector(0), Sector(0), 0, std::chrono::milliseconds(2500), 1});
+  origin_fault_->fail_writes(Sector(9 * 8), Sector(8));
+  std::promise<std::error_code> early;
+  auto early_done = early.get_future();
+  origin_->flush([&early](std::error_code ec) { early.set_value(ec); });
+  const auto d = pattern(8, 0, k4K);
+  ASSERT_FALSE(write_at(*origin_, 9 * k4K, d));
+  EXPECT_EQ(flush_dev(*origin_), std::error_code(EIO, std::generic_category()))
+      << "a flush issued after the acknowledgement hid the failure";
+  ASSERT_EQ(early_done.wait_for(kWait), std::future_status::ready);
+  EXPECT_FALSE(early_done.get()) << "a flush issued before the write was acknowledged took its failure";
+  EXPECT_FALSE(flush_dev(*origin_));
+}
+
 TEST_F(OriginWriteBackTest, ASnapshotCreatedAfterTheAcknowledgementHoldsTheWrite) {
   const auto a = pattern(6, 0, k4K);
   ASSERT_FALSE(write_at(*origin_, 11 * k4K, a));
