@@ -877,6 +877,10 @@ int main(int argc, char** argv) {
               o.reps, static_cast<unsigned long>(o.origin_bytes / kMiB), o.seconds, dir.c_str());
   std::printf("  %ld CPUs, load average %.2f at start%s\n", ::sysconf(_SC_NPROCESSORS_ONLN), load_average(),
               is_root() ? "" : "; not root: page cache NOT dropped between measurements");
+  std::printf("  origin write-back limit %lu KiB%s, COW fill-ahead %s\n",
+              static_cast<unsigned long>(o.write_back / 1024),
+              o.write_back == 0 ? " (off: acknowledged after the origin write)" : "",
+              o.fill_ahead ? "on" : "off");
   std::fflush(stdout);
   const auto t0 = Clock::now();
   if (has_part(o, "rand") || has_part(o, "seq")) run_writes(o, dir, csv);
