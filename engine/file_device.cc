@@ -1,5 +1,6 @@
 #include "engine/file_device.h"
 
+#include "engine/aligned_memory.h"
 #include "engine/fan_in.h"
 
 #include <fcntl.h>
@@ -18,16 +19,6 @@ namespace {
 
 std::error_code to_error(int res) {
   return res < 0 ? std::error_code(-res, std::generic_category()) : std::error_code();
-}
-
-struct AlignedFree {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<std::byte, AlignedFree>;
-
-AlignedBuffer aligned_alloc_bytes(size_t alignment, size_t length) {
-  size_t rounded = (length + alignment - 1) / alignment * alignment;
-  return AlignedBuffer(static_cast<std::byte*>(std::aligned_alloc(alignment, rounded)));
 }
 
 }  // namespace
@@ -165,7 +156,7 @@ void FileDevice::read(Bytes offset, std::span<std::byte> buffer, IoCallback done
   const bool misaligned = direct_io_ && reinterpret_cast<uintptr_t>(buffer.data()) % memory_alignment_ != 0;
   if (misaligned) {
     // Bounce through an aligned buffer; O_DIRECT would refuse the caller's memory.
-    auto bounce = std::make_shared<AlignedBuffer>(aligned_alloc_bytes(kPageSize, buffer.size()));
+    auto bounce = std::make_shared<AlignedBytes>(allocate_aligned(kPageSize, buffer.size()));
     op.buffer = bounce->get();
     op.done = [bounce, buffer, done = std::move(done)](int res) {
       if (res >= 0) std::memcpy(buffer.data(), bounce->get(), buffer.size());
@@ -189,7 +180,7 @@ void FileDevice::write(Bytes offset, std::span<const std::byte> buffer, IoCallba
   op.length = buffer.size();
   const bool misaligned = direct_io_ && reinterpret_cast<uintptr_t>(buffer.data()) % memory_alignment_ != 0;
   if (misaligned) {
-    auto bounce = std::make_shared<AlignedBuffer>(aligned_alloc_bytes(kPageSize, buffer.size()));
+    auto bounce = std::make_shared<AlignedBytes>(allocate_aligned(kPageSize, buffer.size()));
     std::memcpy(bounce->get(), buffer.data(), buffer.size());
     op.buffer = bounce->get();
     op.done = [bounce, done = std::move(done)](int res) { done(to_error(res)); };

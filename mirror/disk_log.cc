@@ -35,12 +35,8 @@ DiskLog::DiskLog(BlockDevice& device, const RegionGeometry& geometry, SyncMode m
       flush_legs_(std::move(flush_legs)),
       ring_(ring),
       io_size_(io_size) {
-  const size_t alignment = std::max<size_t>(device.memory_alignment(), kPageSize);
-  const size_t rounded = (io_size.value() + alignment - 1) / alignment * alignment;
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(alignment, rounded));
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
-  buffer_.reset(p);
+  buffer_ = allocate_aligned(io_alignment(device), io_size.value());
+  std::memset(buffer_.get(), 0, io_size.value());
 }
 
 Bytes DiskLog::device_size_for(Sector mirror_size, Sector region_size) {

@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/aligned_memory.h"
 #include "engine/block_device.h"
 #include "engine/io_ring.h"
 #include "engine/result.h"
@@ -69,10 +70,6 @@ class DiskLog final : public BitsetLog {
   BlockDevice& device() const { return device_; }
 
  private:
-  struct AlignedFree {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
-  using AlignedBuffer = std::unique_ptr<std::byte, AlignedFree>;
   struct FlushRun;
 
   DiskLog(BlockDevice& device, const RegionGeometry& geometry, SyncMode mode, FlushLegs flush_legs,
@@ -93,7 +90,7 @@ class DiskLog final : public BitsetLog {
   const Bytes io_size_;
   // The log device's first io_size_ bytes as they are to be written. Only the flush in flight (or open) uses
   // it: bytes 16..1023 and the padding after the bitset are kept as read.
-  AlignedBuffer buffer_;
+  AlignedBytes buffer_;
 
   // Guarded by mutex_ (BitsetLog's).
   bool flushing_ = false;                           // a flush is in flight

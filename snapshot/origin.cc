@@ -335,10 +335,7 @@ void Origin::write(Bytes offset, std::span<const std::byte> buffer, IoCallback d
   }
   run(after);  // starts the copies
   if (!write_back) return;
-  const size_t align = std::max<size_t>(device_->memory_alignment(), alignof(std::max_align_t));
-  const size_t rounded = (buffer.size() + align - 1) / align * align;
-  w->owned.reset(static_cast<std::byte*>(std::aligned_alloc(align, rounded)));
-  if (!w->owned) std::abort();  // out of memory, as operator new would end it
+  w->owned = allocate_aligned(io_alignment(*device_), buffer.size());
   std::memcpy(w->owned.get(), buffer.data(), buffer.size());
   w->buffer = std::span<const std::byte>(w->owned.get(), buffer.size());
   w->fixed = {};

@@ -31,7 +31,6 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <cstdlib>
 #include <deque>
 #include <map>
 #include <memory>
@@ -43,6 +42,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/aligned_memory.h"
 #include "engine/block_device.h"
 #include "engine/kcopyd.h"
 #include "engine/result.h"
@@ -138,9 +138,6 @@ class Origin final : public BlockDevice {
  private:
   friend class Snapshot;
   // One origin write: the caller's request, held while the snapshots copy the chunks it overwrites.
-  struct AlignedFree {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
   struct Write {
     Bytes offset;
     std::span<const std::byte> buffer;
@@ -148,7 +145,7 @@ class Origin final : public BlockDevice {
     IoCallback done;  // empty for a write-back write (acknowledged already)
     // Write-back: the copy of the caller's data that buffer points to once acknowledged, and the write's
     // sequence number (0: not a write-back write).
-    std::unique_ptr<std::byte, AlignedFree> owned;
+    AlignedBytes owned;
     uint64_t sequence = 0;
     // The device write is issued when this reaches 0: the copy-on-write is done and, for a write-back write,
     // the data is copied.

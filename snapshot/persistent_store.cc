@@ -9,6 +9,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "engine/aligned_memory.h"
 #include "engine/file_device.h"
 #include "engine/io_ring.h"
 #include "engine/sync_io.h"
@@ -20,19 +21,13 @@ namespace fmt = cow_format;
 
 namespace {
 
-struct AlignedFree {
-  void operator()(std::byte* p) const { std::free(p); }
-};
-using AlignedBuffer = std::unique_ptr<std::byte, AlignedFree>;
+using AlignedBuffer = AlignedBytes;
 
 // A zero-filled buffer that O_DIRECT accepts as it is (no bounce copy in the device).
 AlignedBuffer allocate(const BlockDevice& dev, Bytes length) {
-  const size_t alignment = std::max<size_t>(dev.memory_alignment(), kPageSize);
-  const size_t rounded = (length.value() + alignment - 1) / alignment * alignment;
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(alignment, rounded));
-  if (p == nullptr) throw std::bad_alloc();
-  std::memset(p, 0, rounded);
-  return AlignedBuffer(p);
+  AlignedBuffer b = allocate_aligned(io_alignment(dev), length.value());
+  std::memset(b.get(), 0, length.value());
+  return b;
 }
 
 Error cow_fault(const BlockDevice& cow, const std::string& what) {

@@ -112,17 +112,15 @@ std::unique_ptr<FileDevice> open_device(const std::string& path) {
   return std::move(dev).value();
 }
 
-void AlignedFree::operator()(std::byte* p) const { std::free(p); }
-
 Buffer random_buffer(size_t bytes, uint64_t seed) {
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(4096, bytes));
-  if (p == nullptr) die("out of memory");
+  Buffer buffer = allocate_aligned(kPageSize, bytes);
+  std::byte* p = buffer.get();
   std::mt19937_64 rng(seed);
   for (size_t i = 0; i + 8 <= bytes; i += 8) {
     const uint64_t v = rng();
     std::memcpy(p + i, &v, 8);
   }
-  return Buffer(p);
+  return buffer;
 }
 
 }  // namespace kcopyfs::bench

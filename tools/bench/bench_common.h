@@ -10,6 +10,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "engine/aligned_memory.h"
 #include "engine/file_device.h"
 
 namespace kcopyfs::bench {
@@ -44,10 +45,7 @@ uint64_t size_or_die(const std::string& text);
 // Opens an image read-write, exclusively; warns once if the filesystem refused O_DIRECT.
 std::unique_ptr<FileDevice> open_device(const std::string& path);
 
-struct AlignedFree {
-  void operator()(std::byte* p) const;
-};
-using Buffer = std::unique_ptr<std::byte, AlignedFree>;
+using Buffer = AlignedBytes;
 // `bytes` of seeded random data, 4 KiB aligned.
 Buffer random_buffer(size_t bytes, uint64_t seed);
 
