@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cassert>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -20,7 +21,6 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "engine/unique_fd.h"
@@ -104,7 +104,8 @@ struct ViewServer::Impl {
   std::unordered_map<fuse_ino_t, std::shared_ptr<Node>> inodes;
   std::array<std::map<std::string, std::shared_ptr<Node>>, kKinds> dirs;
   fuse_ino_t next_ino = kFirstVolumeIno;
-  std::unordered_set<Handle*> handles;
+  // Every open the kernel holds, owned here; the kernel's fh is the raw pointer.
+  std::unordered_map<Handle*, std::unique_ptr<Handle>> handles;
   bool loop_ended = false;
 
   std::atomic<uint64_t> in_flight{0};  // requests answered from I/O callbacks, not answered yet
@@ -175,13 +176,16 @@ struct ViewServer::Impl {
   }
 
   void release_handle(Handle* handle) {
-    {
-      std::lock_guard lock(mutex);
-      handle->node->opens--;
-      handles.erase(handle);
-      changed.notify_all();
-    }
-    delete handle;
+    // Destroyed after the lock is released: it may hold the last reference to a volume, whose closing waits.
+    std::unique_ptr<Handle> owned;
+    std::lock_guard lock(mutex);
+    auto it = handles.find(handle);
+    assert(it != handles.end() && "a release of an open the kernel was never given");
+    if (it == handles.end()) return;
+    handle->node->opens--;
+    owned = std::move(it->second);
+    handles.erase(it);
+    changed.notify_all();
   }
 
   // Runs a kernel notification unless the session is gone. Returns its result (0 or -errno).
@@ -362,12 +366,13 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     Node& node = *it->second;
     if ((writable || (fi->flags & O_TRUNC)) && node.options.read_only)
       return (void)fuse_reply_err(req, EROFS);
-    handle = new Handle;
+    auto owned = std::make_unique<Handle>();
+    handle = owned.get();
     handle->node = it->second;
     handle->io = node.io;
     handle->writable = writable;
     node.opens++;
-    impl.handles.insert(handle);
+    impl.handles.emplace(handle, std::move(owned));
     flags.direct_io = node.options.cache == CacheMode::direct_io;
     flags.keep_cache = node.options.cache == CacheMode::keep_cache;
     flags.parallel_direct_writes = flags.direct_io;
@@ -617,13 +622,13 @@ void ViewServer::unmount() {
     impl.session_gone = true;
   }
   // Opens the kernel never released (an aborted connection sends no RELEASE).
-  std::unordered_set<Handle*> left;
+  std::unordered_map<Handle*, std::unique_ptr<Handle>> left;
   {
     std::lock_guard lock(impl.mutex);
     left.swap(impl.handles);
-    for (Handle* h : left) h->node->opens--;
+    for (auto& [h, owned] : left) h->node->opens--;
   }
-  for (Handle* h : left) delete h;
+  left.clear();
   // The owner closes its volumes after unmount(): drop every reference to them now.
   std::lock_guard lock(impl.mutex);
   for (auto& dir : impl.dirs) dir.clear();
