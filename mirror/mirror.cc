@@ -724,6 +724,8 @@ MirrorStatus Mirror::status() const {
   if (seconds > 0)
     s.resync_bytes_per_second = static_cast<double>(bytes_resynced_ - rate_start_bytes_) / seconds;
   s.log_health = log_->health();
+  s.throttle_percent = throttle_->percent();
+  s.throttle_bytes_per_second = throttle_->bytes_per_second();
   return s;
 }
 

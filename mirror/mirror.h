@@ -105,6 +105,8 @@ struct MirrorStatus {
   uint64_t regions_resynced = 0;       // copies completed successfully since creation
   uint64_t bytes_resynced = 0;         // their size
   double resync_bytes_per_second = 0;  // over the current resync run
+  unsigned throttle_percent = 100;     // the resync's limits now (set_throttle)
+  uint64_t throttle_bytes_per_second = 0;
   char log_health = 'A';
   std::string state() const {
     return regions_in_sync == regions_total ? "in-sync" : resyncing ? "resyncing" : "out-of-sync";

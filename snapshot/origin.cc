@@ -219,7 +219,13 @@ void Origin::landed_locked(const Write& w, std::error_code ec, Actions& after) {
   landing_sequences_.erase(w.sequence);
   landing_count_.store(landing_.size());
   write_back_bytes_ -= w.buffer.size();
-  if (ec) landing_errors_.emplace(w.sequence, ec.value());
+  if (ec) {
+    landing_errors_.emplace(w.sequence, ec.value());
+    if (landing_reporter_)
+      after.push_back([this, offset = w.offset, length = Bytes(w.buffer.size()), ec] {
+        landing_reporter_(offset, length, ec);
+      });
+  }
   while (!flush_waiters_.empty() &&
          (landing_sequences_.empty() || flush_waiters_.front().first < *landing_sequences_.begin())) {
     after.push_back(
@@ -656,12 +662,16 @@ void Origin::issue_device_write(const std::shared_ptr<Write>& w) {
       w->offset, w->buffer,
       [this, w](std::error_code ec) {
         Actions after;
-        {
+        if (w->sequence != 0) {
           std::lock_guard lock(mutex_);
-          if (w->sequence != 0) landed_locked(*w, ec, after);
-          if (--writes_in_flight_ == 0) changed_.notify_all();
+          landed_locked(*w, ec, after);
         }
         run(after);
+        {
+          // Only now may ~Origin go on: what the landing started above still uses the origin.
+          std::lock_guard lock(mutex_);
+          if (--writes_in_flight_ == 0) changed_.notify_all();
+        }
         if (w->done) w->done(ec);
       },
       w->fixed);

@@ -90,6 +90,15 @@ class Origin final : public BlockDevice {
   // before any I/O; it runs on an I/O completion thread and must not block (hand the work to another thread).
   using InvalidationRecorder = std::function<void(const std::string& name, std::function<void()> done)>;
   void set_invalidation_recorder(InvalidationRecorder recorder) { recorder_ = std::move(recorder); }
+  // Called when a write acknowledged by write-back failed to reach the origin device, with its place and the
+  // device's error. The next flush fails with that error as well; a caller that never flushes learns of the
+  // loss only here (the kernel logs a lost asynchronous write the same way). Set it before any I/O; it runs
+  // on an I/O completion thread, without the origin's lock, and must not block (nor make or remove a snapshot
+  // or start a merge of this origin: those wait for the very write being reported).
+  using LandingFailureReporter = std::function<void(Bytes offset, Bytes length, std::error_code error)>;
+  void set_landing_failure_reporter(LandingFailureReporter reporter) {
+    landing_reporter_ = std::move(reporter);
+  }
   // Write-back (above): at most limit bytes of acknowledged writes wait for their copy-on-write at once;
   // Bytes(0) turns it off. Takes effect for writes issued after the call.
   static constexpr Bytes kDefaultWriteBackLimit{16ull << 20};
@@ -198,8 +207,9 @@ class Origin final : public BlockDevice {
   // Constant after construction.
   const std::unique_ptr<BlockDevice> device_;
   std::unique_ptr<KcopydClient> kcopyd_;
-  std::atomic<bool> cow_fill_ahead_{true};  // set between snapshot creations, read when one is made
-  InvalidationRecorder recorder_;           // set before any I/O
+  std::atomic<bool> cow_fill_ahead_{true};   // set between snapshot creations, read when one is made
+  InvalidationRecorder recorder_;            // set before any I/O
+  LandingFailureReporter landing_reporter_;  // set before any I/O
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;  // writes drained, pending exceptions completed

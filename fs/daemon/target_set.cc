@@ -177,6 +177,52 @@ void write_invalid_mark(const std::string& path, const std::string& dir) {
 
 }  // namespace
 
+void TargetSet::configure_origin(Origin& origin, const OriginEntry& entry) {
+  origin.set_invalidation_recorder(invalidation_recorder());
+  origin.set_write_back_limit(write_back_limit_);
+  // A dying device can fail a burst of acknowledged writes; like the kernel's own message for a lost write,
+  // the log gets at most one line a second per origin, counting the ones it left out.
+  struct Throttled {
+    std::mutex mutex;
+    std::chrono::steady_clock::time_point last{};
+    bool logged = false;
+    uint64_t left_out = 0;
+  };
+  origin.set_landing_failure_reporter(
+      [name = entry.name, device = entry.device, state = std::make_shared<Throttled>()](
+          Bytes offset, Bytes length, std::error_code error) {
+        uint64_t left_out = 0;
+        {
+          std::lock_guard lock(state->mutex);
+          const auto now = std::chrono::steady_clock::now();
+          if (state->logged && now - state->last < std::chrono::seconds(1)) {
+            ++state->left_out;
+            return;
+          }
+          state->logged = true;
+          state->last = now;
+          left_out = std::exchange(state->left_out, 0);
+        }
+        std::string line = "origin ";
+        line += name;
+        line += ": a write of ";
+        line += std::to_string(length.value());
+        line += " bytes at byte ";
+        line += std::to_string(offset.value());
+        line += ", already acknowledged, failed to reach ";
+        line += device;
+        line += ": ";
+        line += error.message();
+        line += " (the next fsync of the origin reports it)";
+        if (left_out > 0) {
+          line += "; ";
+          line += std::to_string(left_out);
+          line += " more since the last such line";
+        }
+        log_line(line);
+      });
+}
+
 Origin::InvalidationRecorder TargetSet::invalidation_recorder() {
   return [this](const std::string& name, std::function<void()> done) {
     std::unique_lock lock(recorder_mutex_);
@@ -275,6 +321,10 @@ Status TargetSet::publish_snapshot(OriginTarget& o, std::unique_ptr<SnapshotTarg
 
 VolumeTable TargetSet::table() const {
   std::lock_guard lock(mutex_);
+  return table_locked();
+}
+
+VolumeTable TargetSet::table_locked() const {
   VolumeTable t;
   for (const auto& o : origins_) t.origins.push_back(o->entry);
   for (const auto& s : snapshots_) t.snapshots.push_back(s->entry);
@@ -282,13 +332,7 @@ VolumeTable TargetSet::table() const {
   return t;
 }
 
-Status TargetSet::save_locked() {
-  VolumeTable t;
-  for (const auto& o : origins_) t.origins.push_back(o->entry);
-  for (const auto& s : snapshots_) t.snapshots.push_back(s->entry);
-  for (const auto& m : mirrors_) t.mirrors.push_back(m->entry);
-  return save_(t);
-}
+Status TargetSet::save_locked() { return save_(table_locked()); }
 
 // ---- Loading ----
 
@@ -340,8 +384,7 @@ void TargetSet::load_origin(const OriginEntry& entry) {
     fail(origin.error().message());
   } else {
     t->origin = std::shared_ptr<Origin>(std::move(origin).value());
-    t->origin->set_invalidation_recorder(invalidation_recorder());
-    t->origin->set_write_back_limit(write_back_limit_);
+    configure_origin(*t->origin, entry);
     if (Status s = views_.add_volume(fs::VolumeKind::origin, entry.name, t->origin); !s) {
       t->origin.reset();
       fail(s.error().message());
@@ -393,6 +436,8 @@ Result<std::shared_ptr<Mirror>> TargetSet::build_mirror(const MirrorEntry& entry
   }
   MirrorOptions options;
   options.region_size = to_sectors(entry.region_size);
+  options.throttle_percent = entry.throttle_percent;
+  options.throttle_bytes_per_second = entry.throttle_bytes_per_second;
   Result<std::unique_ptr<Mirror>> mirror = Error::invalid("");
   if (entry.log == "core") {
     auto log = CoreLog::create(options.region_size, Mirror::size_of(legs), mode);
@@ -464,8 +509,7 @@ Status TargetSet::add_origin(const std::string& name, const std::string& device)
   auto t = std::make_unique<OriginTarget>();
   t->entry = OriginEntry{name, device};
   t->origin = std::shared_ptr<Origin>(std::move(origin).value());
-  t->origin->set_invalidation_recorder(invalidation_recorder());
-  t->origin->set_write_back_limit(write_back_limit_);
+  configure_origin(*t->origin, t->entry);
   if (Status s = views_.add_volume(fs::VolumeKind::origin, name, t->origin); !s) return s;
   origins_.push_back(std::move(t));
   if (Status s = save_locked(); !s) {
@@ -741,6 +785,14 @@ Status TargetSet::throttle_mirror(const std::string& name, unsigned percent, uin
   if (!found) return found.error();
   MirrorTarget* m = found.value();
   if (percent < 1 || percent > 100) return Error::invalid("throttle percent must be 1 to 100");
+  // Saved first, so that a failure leaves the mirror and its table entry as they were.
+  const MirrorEntry before = m->entry;
+  m->entry.throttle_percent = percent;
+  m->entry.throttle_bytes_per_second = bytes_per_second;
+  if (Status saved = save_locked(); !saved) {
+    m->entry = before;
+    return saved.error();
+  }
   m->mirror->set_throttle(percent, bytes_per_second);
   return {};
 }
@@ -903,6 +955,7 @@ nlohmann::json TargetSet::status() const {
       json legs = json::array();
       for (const std::string& l : e.legs) legs.push_back({{"device", l}, {"health", "U"}});
       t["legs"] = legs;
+      t["throttle"] = {{"percent", e.throttle_percent}, {"bytes_per_second", e.throttle_bytes_per_second}};
       t["dm_status"] = "";
       targets.push_back(std::move(t));
       continue;
@@ -913,6 +966,7 @@ nlohmann::json TargetSet::status() const {
     t["regions_in_sync"] = st.regions_in_sync;
     t["state"] = st.regions_in_sync < st.regions_total && st.resyncing ? "resyncing" : "active";
     t["resync_bytes_per_second"] = static_cast<uint64_t>(st.resync_bytes_per_second);
+    t["throttle"] = {{"percent", st.throttle_percent}, {"bytes_per_second", st.throttle_bytes_per_second}};
     json legs = json::array();
     for (const auto& l : st.legs) legs.push_back({{"device", l.path}, {"health", std::string(1, l.health)}});
     t["legs"] = legs;

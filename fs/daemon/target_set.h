@@ -110,6 +110,7 @@ class TargetSet {
   // Shows a new snapshot's view, adds it and saves the table; undoes both if the save fails.
   Status publish_snapshot(OriginTarget& o, std::unique_ptr<SnapshotTarget> t);
   Status save_locked();
+  VolumeTable table_locked() const;
   void load_origin(const OriginEntry& entry);
   void load_snapshot(const SnapshotEntry& entry);
   void load_mirror(const MirrorEntry& entry);
@@ -124,6 +125,9 @@ class TargetSet {
   // writes go on. Never takes mutex_: a request holding it may be waiting for those very writes (a snapshot
   // create drains the origin's writes).
   Origin::InvalidationRecorder invalidation_recorder();
+  // What every origin gets from the daemon: the invalidation recorder, the write-back limit, and a log line
+  // for each acknowledged write that failed to reach its device.
+  void configure_origin(Origin& origin, const OriginEntry& entry);
   void recorder_loop();
   std::string default_path(const std::string& name, const char* suffix) const;
   // Whether a target's table entry names path or another name of the same file (same_device).

@@ -107,17 +107,24 @@ class SectionParser {
     return fault("bad boolean '" + printable(*v) + "' for key '" + std::string(key) + "' (true or false)");
   }
 
-  // A positive decimal byte count, required.
-  Result<Bytes> size(std::string_view key) const {
+  // A positive decimal number (of unit, named in the message), required.
+  Result<uint64_t> positive(std::string_view key, const char* unit) const {
     const std::string* v = find(key);
     if (v == nullptr) return fault("missing key '" + std::string(key) + "'");
     uint64_t n = 0;
     const char* end = v->data() + v->size();
     auto [ptr, ec] = std::from_chars(v->data(), end, n);
     if (v->empty() || ec != std::errc() || ptr != end)
-      return fault("bad number '" + printable(*v) + "' for key '" + std::string(key) + "' (decimal bytes)");
+      return fault("bad number '" + printable(*v) + "' for key '" + std::string(key) + "' (decimal " + unit +
+                   ")");
     if (n == 0) return fault("key '" + std::string(key) + "' must be positive");
-    return Bytes(n);
+    return n;
+  }
+  // A positive decimal byte count, required.
+  Result<Bytes> size(std::string_view key) const {
+    auto n = positive(key, "bytes");
+    if (!n) return n.error();
+    return Bytes(n.value());
   }
 
  private:
@@ -158,7 +165,10 @@ Result<SnapshotEntry> parse_snapshot(const SectionParser& p, const Section& s) {
 }
 
 Result<MirrorEntry> parse_mirror(const SectionParser& p, const Section& s) {
-  if (auto e = p.check_keys({"leg", "region_size", "log", "log_device", "log_is_default"}, "leg")) return *e;
+  if (auto e = p.check_keys(
+          {"leg", "region_size", "log", "log_device", "log_is_default", "throttle_percent", "throttle_rate"},
+          "leg"))
+    return *e;
   MirrorEntry entry;
   entry.name = s.name;
   for (const auto& [key, value] : s.keys) {
@@ -186,6 +196,21 @@ Result<MirrorEntry> parse_mirror(const SectionParser& p, const Section& s) {
   auto is_default = p.boolean("log_is_default", false);
   if (!is_default) return is_default.error();
   entry.log_is_default = is_default.value();
+  if (p.find("throttle_percent") != nullptr) {
+    auto percent = p.positive("throttle_percent", "percent");
+    if (!percent) return percent.error();
+    if (percent.value() > 100) {
+      std::string why = "key 'throttle_percent' must be 1 to 100, not ";
+      why += std::to_string(percent.value());
+      return p.fault(why);
+    }
+    entry.throttle_percent = static_cast<unsigned>(percent.value());
+  }
+  if (p.find("throttle_rate") != nullptr) {
+    auto rate = p.positive("throttle_rate", "bytes per second");
+    if (!rate) return rate.error();
+    entry.throttle_bytes_per_second = rate.value();
+  }
   return entry;
 }
 
@@ -262,7 +287,9 @@ bool same(const SnapshotEntry& a, const SnapshotEntry& b) {
 }
 bool same(const MirrorEntry& a, const MirrorEntry& b) {
   return a.name == b.name && a.legs == b.legs && a.region_size == b.region_size && a.log == b.log &&
-         a.log_device == b.log_device && a.log_is_default == b.log_is_default;
+         a.log_device == b.log_device && a.log_is_default == b.log_is_default &&
+         a.throttle_percent == b.throttle_percent &&
+         a.throttle_bytes_per_second == b.throttle_bytes_per_second;
 }
 template <class T>
 bool same(const std::vector<T>& a, const std::vector<T>& b) {
@@ -356,11 +383,13 @@ bool valid_target_name(std::string_view name) {
 std::string format_volume_table(const VolumeTable& table) {
   std::string out(kHeader);
   for (const OriginEntry& o : table.origins) {
-    out += "\n" + section_header("origin", o.name);
+    out += "\n";
+    out += section_header("origin", o.name);
     put(out, "device", o.device);
   }
   for (const SnapshotEntry& s : table.snapshots) {
-    out += "\n" + section_header("snapshot", s.name);
+    out += "\n";
+    out += section_header("snapshot", s.name);
     put(out, "origin", s.origin);
     put(out, "cow", s.cow);
     put(out, "cow_is_default", bool_text(s.cow_is_default));
@@ -370,12 +399,16 @@ std::string format_volume_table(const VolumeTable& table) {
     put(out, "merging", bool_text(s.merging));
   }
   for (const MirrorEntry& m : table.mirrors) {
-    out += "\n" + section_header("mirror", m.name);
+    out += "\n";
+    out += section_header("mirror", m.name);
     for (const std::string& leg : m.legs) put(out, "leg", leg);
     put(out, "region_size", std::to_string(m.region_size.value()));
     put(out, "log", m.log);
     if (m.log != "core") put(out, "log_device", m.log_device);
     put(out, "log_is_default", bool_text(m.log_is_default));
+    if (m.throttle_percent != 100) put(out, "throttle_percent", std::to_string(m.throttle_percent));
+    if (m.throttle_bytes_per_second != 0)
+      put(out, "throttle_rate", std::to_string(m.throttle_bytes_per_second));
   }
   return out;
 }

@@ -23,6 +23,8 @@
 //   log = disk                   # disk or core
 //   log_device = /var/lib/kcopyfs/m0.log   # disk only
 //   log_is_default = true
+//   throttle_percent = 40        # the resync's limits (mirror throttle): 1 to 100, omitted when 100
+//   throttle_rate = 67108864     # bytes per second, omitted when uncapped
 //
 // The order of sections is kept: origins before their snapshots, snapshots in creation order.
 //
@@ -65,6 +67,10 @@ struct MirrorEntry {
   std::string log = "disk";  // "disk" or "core"
   std::string log_device;    // disk only
   bool log_is_default = false;
+  // The resync's limits (`mirror throttle`), kept across mounts as LVM keeps a recovery rate; the keys are
+  // written only when set.
+  unsigned throttle_percent = 100;
+  uint64_t throttle_bytes_per_second = 0;  // 0: no cap
 };
 
 struct VolumeTable {

@@ -36,8 +36,10 @@ std::string dump(const VolumeTable& t) {
   for (const auto& m : t.mirrors) {
     out << "mirror{" << m.name << "|";
     for (const auto& leg : m.legs) out << leg << ";";
-    out << "|" << m.region_size.value() << "|" << m.log << "|" << m.log_device << "|" << m.log_is_default
-        << "}\n";
+    out << "|" << m.region_size.value() << "|" << m.log << "|" << m.log_device << "|" << m.log_is_default;
+    if (m.throttle_percent != 100 || m.throttle_bytes_per_second != 0)
+      out << "|throttle " << m.throttle_percent << "% " << m.throttle_bytes_per_second << "B/s";
+    out << "}\n";
   }
   return out.str();
 }
@@ -78,6 +80,8 @@ VolumeTable full_table() {
   m0.legs = {"/dev/loop3", "/dev/loop1", "/srv/leg two.img"};
   m0.log_device = "/var/lib/kcopyfs/m0.log";
   m0.log_is_default = true;
+  m0.throttle_percent = 40;
+  m0.throttle_bytes_per_second = 64 << 20;
   t.mirrors.push_back(m0);
   MirrorEntry m1;
   m1.name = "m1.";  // ends in '.', which the section header must preserve
@@ -132,6 +136,7 @@ TEST(VolumeTableFormat, ExactText) {
   core.legs = {"/dev/loop3", "/dev/loop4"};
   core.region_size = Bytes(1 << 20);
   core.log = "core";
+  core.throttle_percent = 25;
   t.mirrors.push_back(core);
   EXPECT_EQ(format_volume_table(t),
             "# kcopyfs volume table: rewritten by the daemon on every change; edit only while unmounted.\n"
@@ -161,7 +166,8 @@ TEST(VolumeTableFormat, ExactText) {
             "leg = /dev/loop4\n"
             "region_size = 1048576\n"
             "log = core\n"
-            "log_is_default = false\n");
+            "log_is_default = false\n"
+            "throttle_percent = 25\n");
 }
 
 TEST(VolumeTableFormat, EmptyTableIsHeaderOnlyAndParsesEmpty) {
@@ -303,6 +309,19 @@ TEST(VolumeTableParse, RejectsBadBooleans) {
   }
   expect_rejected("[mirror.m]\nleg=/a\nleg=/b\nregion_size=512\nlog=core\nlog_is_default=on\n",
                   {"[mirror.m]", "bad boolean 'on'", "log_is_default"});
+}
+
+TEST(VolumeTableParse, ThrottleKeysAreOptionalAndChecked) {
+  auto r = parse_volume_table(
+      "[mirror.m]\nleg=/a\nleg=/b\nregion_size=512\nlog=core\nthrottle_rate=1048576\n", kSource);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(dump(r.value()), "mirror{m|/a;/b;|512|core||0|throttle 100% 1048576B/s}\n");
+  const std::string base = "[mirror.m]\nleg=/a\nleg=/b\nregion_size=512\nlog=core\n";
+  expect_rejected(base + "throttle_percent=101\n", {"[mirror.m]", "'throttle_percent' must be 1 to 100"});
+  expect_rejected(base + "throttle_percent=0\n", {"[mirror.m]", "'throttle_percent' must be positive"});
+  expect_rejected(base + "throttle_percent=50%\n", {"[mirror.m]", "bad number '50%'", "decimal percent"});
+  expect_rejected(base + "throttle_rate=0\n", {"[mirror.m]", "'throttle_rate' must be positive"});
+  expect_rejected(base + "throttle_rate=1M\n", {"[mirror.m]", "bad number '1M'", "decimal bytes per second"});
 }
 
 TEST(VolumeTableParse, RejectsBadLog) {

@@ -89,6 +89,14 @@ leg = /c.img
 region_size = 1048576
 log = core
 """)
+put("volume_table", "throttled_mirror", """[mirror.m2]
+leg = /a.img
+leg = /b.img
+region_size = 65536
+log = core
+throttle_percent = 40
+throttle_rate = 67108864
+""")
 put("volume_table", "dotted_names", """[origin.a.b]
 device = /x/y.img   # a comment
 [snapshot.tr_1..]

@@ -5,7 +5,11 @@
 // landed" lasts long enough to look at; no assertion depends on how long beyond that.
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <future>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "engine/fault_device.h"
 #include "snapshot/origin.h"
@@ -119,9 +123,29 @@ TEST_F(OriginWriteBackTest, FlushWaitsForEveryAcknowledgedWriteAndItsExceptions)
 }
 
 TEST_F(OriginWriteBackTest, AWriteThatFailsToLandFailsTheNextFlush) {
+  struct Reported {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<std::string> failures;
+  };
+  auto reported = std::make_shared<Reported>();
+  origin_->set_landing_failure_reporter([reported](Bytes offset, Bytes length, std::error_code error) {
+    std::lock_guard lock(reported->mutex);
+    reported->failures.push_back(std::to_string(offset.value()) + "+" + std::to_string(length.value()) + " " +
+                                 std::to_string(error.value()));
+    reported->changed.notify_all();
+  });
   origin_fault_->fail_writes(Sector(9 * 8), Sector(8));
   const auto d = pattern(5, 0, k4K);
   EXPECT_FALSE(write_at(*origin_, 9 * k4K, d)) << "acknowledged before it was tried";
+  {
+    // Reported as it fails, without a flush.
+    std::unique_lock lock(reported->mutex);
+    ASSERT_TRUE(reported->changed.wait_for(lock, kWait, [&] { return !reported->failures.empty(); }))
+        << "the failure to land was not reported";
+    EXPECT_EQ(reported->failures,
+              std::vector<std::string>{std::to_string(9 * k4K) + "+4096 " + std::to_string(EIO)});
+  }
   EXPECT_EQ(flush_dev(*origin_), std::error_code(EIO, std::generic_category()))
       << "the flush hid that an acknowledged write never reached the device";
   EXPECT_FALSE(flush_dev(*origin_)) << "the failure was reported once, to the first flush after it";

@@ -633,6 +633,37 @@ TEST(Mirror, ReplaceLegResyncsTheNewOne) {
   EXPECT_TRUE(same_bytes(read_all(l2), expected)) << "the new leg";
 }
 
+TEST(Mirror, ThrottleIsKeptAcrossMounts) {
+  REQUIRE_ROOT();
+  MOUNT_OK(m);
+  const std::string l0 = make_image(m, "l0.img", 34);
+  const std::string l1 = make_image(m, "l1.img", 35);
+  RUN_OK(m.mirror_create("m0", {l0, l1}, {"--nosync"}));
+  const json unlimited = {{"percent", 100}, {"bytes_per_second", 0}};
+  const json limited = {{"percent", 30}, {"bytes_per_second", 8 * kMiB}};
+  auto throttle = [&] {
+    const json t = m.target("m0");
+    return t.contains("throttle") ? t["throttle"] : json{{"missing", t}};
+  };
+  EXPECT_EQ(throttle(), unlimited);
+  RUN_OK(m.verb({"mirror", "throttle"}, {"m0", "--percent", "30", "--rate", "8M"}));
+  EXPECT_EQ(throttle(), limited);
+  RUN_OK(m.umount());
+  const std::string table = read_all(m.table_path());
+  EXPECT_NE(table.find("throttle_percent = 30\n"), std::string::npos) << table;
+  EXPECT_NE(table.find("throttle_rate = 8388608\n"), std::string::npos) << table;
+  RUN_OK(m.mount());
+  EXPECT_EQ(throttle(), limited) << "the mount did not restore the resync's limits";
+  // Without options: no limits, and the table says so.
+  RUN_OK(m.verb({"mirror", "throttle"}, {"m0"}));
+  EXPECT_EQ(throttle(), unlimited);
+  RUN_OK(m.umount());
+  EXPECT_EQ(read_all(m.table_path()).find("throttle"), std::string::npos) << read_all(m.table_path());
+  RUN_OK(m.mount());
+  EXPECT_EQ(throttle(), unlimited);
+  RUN_OK(m.umount());
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // remove
 

@@ -101,7 +101,7 @@ int mirror_throttle(const std::vector<std::string>& args) {
   po::options_description visible(
       "Usage: kcopyfs mirror throttle MOUNTPOINT NAME [--percent N] [--rate BYTES_PER_S]\n"
       "Limits the background resync of the mirror NAME (not the view's own I/O). Without options, removes\n"
-      "the limits. Not kept in the table: every mount starts unthrottled.\n\nOptions");
+      "the limits. Kept in the volume table: later mounts resync with the same limits.\n\nOptions");
   unsigned percent = 100;
   std::string rate_text = "0";
   visible.add_options()("help,h", "show this help")(
