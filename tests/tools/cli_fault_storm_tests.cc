@@ -547,5 +547,51 @@ TEST(FaultStorm, InvalidationOutlivesAFailedHeaderWrite) {
   EXPECT_TRUE(read_all(origin) == want) << "the origin lost its write";
 }
 
+// An origin write acknowledged by write-back (it waits for copy-on-write) whose write to the origin device
+// then fails: the next fsync fails with EIO, the daemon's log names the write, the snapshot keeps its image,
+// and the origin keeps its old data (the write was lost whole, as a disk cache's would be).
+TEST(FaultStorm, AnAcknowledgedOriginWriteThatFailsToLandFailsFsyncAndIsLogged) {
+  REQUIRE_ROOT_AND_NBD();
+  constexpr uint64_t kSize = 4 * kMiB;
+  const uint64_t seed = storm_seed(5);
+  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
+  KcopyfsMount m;
+  ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
+  const std::string origin = m.file("origin.img"), trigger = m.file("storm");
+  write_pattern_file(origin, kSize, seed);
+  const std::vector<std::string> fail_writes = {"--filter=error", "error-pwrite=EIO",
+                                                "error-pwrite-rate=100%", "error-pwrite-file=" + trigger};
+  auto nbd = std::make_unique<NbdDevice>(m.file("nbd"), origin, fail_writes, trigger);
+  Teardown teardown{m, nbd};
+  ASSERT_TRUE(nbd->ready()) << nbd->describe();
+  ASSERT_TRUE(m.origin_add("o", nbd->path()).ok());
+  const CommandResult create = m.snapshot_create("o", "s");
+  ASSERT_TRUE(create.ok()) << create;
+  const std::string image = bytes_of(seed, 0, kSize);
+
+  ASSERT_TRUE(nbd->storm_on());
+  {
+    UniqueFd fd(::open(m.origin_view("o").c_str(), O_RDWR | O_DIRECT | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << std::strerror(errno);
+    Aligned buf(kBlock);
+    std::memcpy(buf.p, bytes_of(seed + 1, 0, kBlock).data(), kBlock);
+    ASSERT_EQ(pwrite_full(fd.get(), buf.p, kBlock, 3 * kBlock), 0) << "write-back acknowledges the write";
+    EXPECT_EQ(::fsync(fd.get()), -1) << "fsync hid a write that never reached the device";
+    EXPECT_EQ(errno, EIO) << std::strerror(errno);
+    nbd->storm_off();
+    EXPECT_EQ(::fsync(fd.get()), 0) << "the failure is reported once: " << std::strerror(errno);
+    ASSERT_EQ(pread_full(fd.get(), buf.p, kBlock, 3 * kBlock), 0);
+    EXPECT_EQ(std::memcmp(buf.p, image.data() + 3 * kBlock, kBlock), 0)
+        << "the lost write left a part behind";
+  }
+  const std::string log = read_all(m.state_dir() + "/kcopyfs.log");
+  EXPECT_NE(log.find("origin o: a write of 4096 bytes at byte 12288, already acknowledged, failed to reach " +
+                     nbd->path()),
+            std::string::npos)
+      << log;
+  EXPECT_TRUE(read_all(m.snapshot_view("s")) == image) << "the snapshot lost its image";
+  EXPECT_EQ(m.target("s").value("state", ""), "active");
+}
+
 }  // namespace
 }  // namespace kcopyfs::test
