@@ -41,11 +41,15 @@ using namespace std::chrono_literals;
 constexpr uint64_t kMiB = 1024 * 1024;
 constexpr uint64_t kBlock = 4096;
 
+// The test's seed (printed, so that a failure can be repeated).
 uint64_t storm_seed(uint64_t salt) {
+  uint64_t seed =
+      static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) % 1000000 +
+      salt * 1000000;
   if (const char* s = std::getenv("KCOPYFS_STORM_SEED"); s != nullptr && *s != '\0')
-    return static_cast<uint64_t>(std::strtoull(s, nullptr, 0));
-  return static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()) % 1000000 +
-         salt * 1000000;
+    seed = static_cast<uint64_t>(std::strtoull(s, nullptr, 0));
+  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
+  return seed;
 }
 
 bool have_tool(const std::string& name) {
@@ -238,7 +242,6 @@ TEST(FaultStorm, MirrorLegStormsThenIsReplaced) {
   REQUIRE_ROOT_AND_NBD();
   constexpr uint64_t kSize = 8 * kMiB;
   const uint64_t seed = storm_seed(1);
-  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
   std::mt19937_64 rng(seed);
   KcopyfsMount m;
   ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
@@ -333,7 +336,6 @@ TEST(FaultStorm, MirrorLegLatencyOnlySlowsDown) {
   REQUIRE_ROOT_AND_NBD();
   constexpr uint64_t kSize = 4 * kMiB;
   const uint64_t seed = storm_seed(3);
-  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
   std::mt19937_64 rng(seed);
   KcopyfsMount m;
   ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
@@ -387,7 +389,6 @@ TEST(FaultStorm, SnapshotCowStormsOriginGoesOn) {
   REQUIRE_ROOT_AND_NBD();
   constexpr uint64_t kSize = 8 * kMiB;
   const uint64_t seed = storm_seed(2);
-  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
   std::mt19937_64 rng(seed);
   KcopyfsMount m;
   ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
@@ -493,7 +494,6 @@ TEST(FaultStorm, InvalidationOutlivesAFailedHeaderWrite) {
   REQUIRE_ROOT_AND_NBD();
   constexpr uint64_t kSize = 4 * kMiB;
   const uint64_t seed = storm_seed(4);
-  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
   KcopyfsMount m;
   ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
   const std::string origin = m.file("origin.img"), cow = m.file("cow.img"), trigger = m.file("storm");
@@ -554,7 +554,6 @@ TEST(FaultStorm, AnAcknowledgedOriginWriteThatFailsToLandFailsFsyncAndIsLogged) 
   REQUIRE_ROOT_AND_NBD();
   constexpr uint64_t kSize = 4 * kMiB;
   const uint64_t seed = storm_seed(5);
-  std::cout << "seed " << seed << " (KCOPYFS_STORM_SEED=" << seed << ")" << std::endl;
   KcopyfsMount m;
   ASSERT_TRUE(m.mount_result().ok()) << m.mount_result();
   const std::string origin = m.file("origin.img"), trigger = m.file("storm");
