@@ -14,14 +14,18 @@
 //     mirror writes. Stream C: writes to the writable snapshots that exist. A write op is 1-4 pwrites of 1-8
 //     whole blocks (half of them in a hot zone of 64 blocks), then mostly an fsync. Before a create or a
 //     merge, stream A fsyncs the origin (as a user freezes a filesystem first), so a snapshot's point-in-time
-//     image is known exactly.
+//     image is known exactly. Stream B also runs `mirror replace` of the second leg (by a third image, stale
+//     on purpose: only a whole resync makes it right; the leg replaced becomes the next one swapped in) and
+//     `mirror throttle`.
 //  2. Run. A forked child runs the three streams on three threads at once and reports on a pipe when each op
 //     starts ('S'), after each pwrite or the pre-command fsync ('P'), when it is acknowledged ('A': its fsync
 //     or the command returned) or failed ('E', with errno; before the kill any failure is a finding).
 //  3. Kill, at a point chosen by the seed, never by time: K acknowledged ops of stream A, then j steps into
 //     op K (a pwrite, its fsync or a command in flight). For a create or merge, either before its fsync, as
 //     its command starts, or when the daemon creates the snapshot's COW file or renames its rewritten volume
-//     table into place (inotify on the state directory). The daemon's pid is in STATE/lock. The child's
+//     table into place (inotify on the state directory). In one seed of four whose stream B has a mirror
+//     command, the kill comes instead as K ops of stream B are acknowledged and its command starts, or when
+//     the daemon renames its volume table. The daemon's pid is in STATE/lock. The child's
 //     remaining reports are read until it exits on the dead mount; the daemon must be gone in 20 s.
 //  4. Remount. statvfs of the dead mount must fail with ENOTCONN; `kcopyfs mount` of the same state
 //     directory must succeed and leave one mount there (it detaches the dead one itself), at once: the
@@ -29,14 +33,16 @@
 //     (finding 1 in docs/reliability.md).
 //  5. Verify. `status --json`: the targets are exactly the model's (an interrupted create or merge is
 //     resolved by what the remount shows: done or not done, as a whole), none `failed`, snapshots `active`,
-//     the mirror `active` or `resyncing`. Every block of every view (origin, each snapshot, the mirror read
+//     the mirror `active` or `resyncing`, its legs and throttle the acknowledged ones (a command in flight at
+//     the kill: done or not, whole). Every block of every view (origin, each snapshot, the mirror read
 //     twice, as reads are spread over its legs) must hold a version the model allows: the last one made
 //     durable (a write whose fsync returned; for a read-only snapshot, its point-in-time image and nothing
 //     else), or one written since and not made durable. The model then takes what it read as durable.
 //  6. Keep it small: read-only snapshots beyond kMaxReadOnly and writable ones beyond kMaxWritable are
 //     removed, oldest first, with `kcopyfs remove` (not while a merge runs).
 // At the end of a group: a merge still running must finish (bounded), the mirror must come in sync (bounded),
-// `kcopyfs umount` must succeed, the origin image and both leg images must equal the model byte for byte, and
+// `kcopyfs umount` must succeed, the origin image and both current leg images must equal the model byte for
+// byte, and
 // the daemons' log (their stderr) must hold no sanitizer report.
 //
 // Seeds: KCOPYFS_SOAK_SEEDS=N runs N seeds (default kDefaultSeeds; kSanitizedSeeds in the ASan+UBSan build,
@@ -231,7 +237,15 @@ std::string check_volume(const std::string& path, VolumeModel& model, uint64_t* 
 // ---------------------------------------------------------------------------------------------------------
 // The workload: operations planned by the parent, run by a forked child, reported on a pipe.
 
-enum class OpKind { origin_write, snapshot_write, mirror_write, snapshot_create, snapshot_merge };
+enum class OpKind {
+  origin_write,
+  snapshot_write,
+  mirror_write,
+  snapshot_create,
+  snapshot_merge,
+  mirror_replace,
+  mirror_throttle
+};
 
 struct Extent {
   uint64_t block;
@@ -241,12 +255,22 @@ struct Extent {
 
 struct Op {
   OpKind kind{};
-  std::string target;          // snapshot_write, snapshot_merge: the snapshot; snapshot_create: the new one
-  std::vector<Extent> writes;  // write kinds
-  bool fsync = true;           // write kinds
-  bool writable = false;       // snapshot_create
-  bool wait = false;           // snapshot_merge: with --wait
-  std::string chunk_size;      // snapshot_create
+  std::string target;            // snapshot_write, snapshot_merge: the snapshot; snapshot_create: the new one
+  std::vector<Extent> writes;    // write kinds
+  bool fsync = true;             // write kinds
+  bool writable = false;         // snapshot_create
+  bool wait = false;             // snapshot_merge: with --wait
+  std::string chunk_size;        // snapshot_create
+  std::string old_leg, new_leg;  // mirror_replace: the second leg, and the image that replaces it
+  unsigned throttle_percent = 100;         // mirror_throttle: the limits it sets
+  uint64_t throttle_bytes_per_second = 0;  // (0: no cap)
+};
+
+// A mirror's resync limits, as status --json shows them.
+struct ThrottleModel {
+  unsigned percent = 100;
+  uint64_t bytes_per_second = 0;
+  bool operator==(const ThrottleModel&) const = default;
 };
 
 // How far the child got with one op, from its reports.
@@ -286,6 +310,11 @@ struct Stats {
   int merges_seen_merging = 0;    // remounts that found a merge still going (resumed by the mount)
   int merges_finished = 0;        // seen gone after a remount (resumed, if the kill came during the copy)
   int leftover_cows = 0;          // interrupted creates that left their default COW file behind
+  int replaces_acked = 0;         // acknowledged `mirror replace`
+  int replaces_interrupted = 0;   // in flight at the kill
+  int interrupted_replaced = 0;   // ... of which the table names the new leg after the remount
+  int throttles_acked = 0;        // acknowledged `mirror throttle`
+  int throttles_interrupted = 0;  // in flight at the kill
   std::map<std::string, int> failures_after_kill;  // how the workload's ops failed once the daemon was killed
   int locks_outlived_daemon = 0;  // kills after which an image was still locked once the daemon was gone
   uint64_t lock_wait_max_us = 0;
@@ -346,6 +375,22 @@ bool run_stream(uint8_t stream, const std::vector<Op>& ops, int report_fd, const
         // Its message goes with the report, for when the create failed on a live mount.
         std::fprintf(stderr, "soak child: op %u: %s\n", i, r.describe().c_str());
         return report('E', i, op.kind == OpKind::snapshot_create ? 'c' : 'm', 0), false;
+      }
+    } else if (op.kind == OpKind::mirror_replace || op.kind == OpKind::mirror_throttle) {
+      std::vector<std::string> words{"replace"}, args{"m"};
+      if (op.kind == OpKind::mirror_replace) {
+        args.push_back(op.old_leg);
+        args.push_back(op.new_leg);
+      } else {
+        words = {"throttle"};
+        args.insert(args.end(), {"--percent", std::to_string(op.throttle_percent), "--rate",
+                                 std::to_string(op.throttle_bytes_per_second)});
+      }
+      words.insert(words.begin(), "mirror");
+      const CommandResult r = m.verb(words, args);
+      if (!r.ok()) {
+        std::fprintf(stderr, "soak child: stream %u op %u: %s\n", stream, i, r.describe().c_str());
+        return report('E', i, op.kind == OpKind::mirror_replace ? 'r' : 't', 0), false;
       }
     } else {
       const std::string path = op.kind == OpKind::origin_write   ? m.origin_view("o")
@@ -493,11 +538,16 @@ class Soak {
     origin_img_ = m_.file("origin.img");
     leg0_ = m_.file("leg0.img");
     leg1_ = m_.file("leg1.img");
+    spare_leg_ = m_.file("leg2.img");
     const uint64_t origin_version = version_of(group_seed_, 2, 0);
     const uint64_t leg_version = version_of(group_seed_, 2, 1);
     ASSERT_TRUE(write_image(origin_img_, [&](uint64_t) { return origin_version; }));
     ASSERT_TRUE(write_image(leg0_, [&](uint64_t) { return leg_version; }));
     ASSERT_TRUE(write_image(leg1_, [](uint64_t) { return uint64_t{0}; }));
+    // The image a `mirror replace` swaps in holds data the mirror never had: a replace that did not resync
+    // it whole would show it.
+    const uint64_t stale_version = version_of(group_seed_, 2, 2);
+    ASSERT_TRUE(write_image(spare_leg_, [&](uint64_t) { return stale_version; }));
     for (auto& b : origin_.blocks) b.durable = origin_version;
     for (auto& b : mirror_.blocks) b.durable = leg_version;
     const CommandResult add = m_.origin_add("o", origin_img_);
@@ -523,14 +573,27 @@ class Soak {
       }
       if (!rare.empty()) kill_op = rare[rng() % rare.size()];
     }
-    const Op& victim = a[kill_op];
+    // Or, in one seed of four that has them, a mirror command of stream B (K then counts stream B's ops).
+    size_t kill_stream = 0;
+    std::vector<size_t> commands_b;
+    for (size_t i = 0; i < b.size(); ++i) {
+      if (b[i].writes.empty()) commands_b.push_back(i);
+    }
+    if (!commands_b.empty() && rng() % 4 == 0) {
+      kill_stream = 1;
+      kill_op = commands_b[rng() % commands_b.size()];
+    }
+    const Op& victim = kill_stream == 0 ? a[kill_op] : b[kill_op];
     // How far into op K. A write: after kill_step of its pwrites returned (all of them: during or after its
     // fsync). A create or a merge: 0 before its fsync of the origin, 1 as its command starts; or, once the
     // command runs, when the daemon creates the new snapshot's COW file, or renames its rewritten volume
-    // table into place (seen with inotify on the state directory). Should that never happen, at its ack.
+    // table into place (seen with inotify on the state directory). Should that never happen, at its ack. A
+    // mirror command: as it starts, or when the daemon renames the volume table (or at its ack).
     int kill_step = 0;
     std::string kill_file;
-    if (victim.writes.empty()) {
+    if (kill_stream == 1) {
+      if (rng() % 2 == 0) kill_file = "kcopyfs.conf";
+    } else if (victim.writes.empty()) {
       const bool safe_merge = victim.kind == OpKind::snapshot_merge && merge_mode() == MergeMode::safe;
       const int mode = static_cast<int>(rng() % (safe_merge ? 2 : 4));
       kill_step = std::min(mode, 1);
@@ -541,7 +604,8 @@ class Soak {
     }
     std::ostringstream what;
     what << "seed " << seed << ": " << a.size() << "+" << b.size() << "+" << c.size() << " ops, kill after "
-         << kill_op << " acknowledged, " << kill_step << " step(s) into " << describe(victim)
+         << kill_op << " acknowledged" << (kill_stream == 1 ? " of stream B" : "") << ", " << kill_step
+         << " step(s) into " << describe(victim)
          << (kill_file.empty() ? "" : ", when the daemon makes " + kill_file);
 
     UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
@@ -571,13 +635,14 @@ class Soak {
 
     std::vector<Progress> progress[3] = {std::vector<Progress>(a.size()), std::vector<Progress>(b.size()),
                                          std::vector<Progress>(c.size())};
-    std::vector<Progress>& pa = progress[0];
-    size_t acked_a = 0;
+    std::vector<Progress>& pv = progress[kill_stream];  // the victim's stream
+    size_t acked[3] = {0, 0, 0};
     bool killed = false, file_seen = false, victim_failed = false, eof = false;
     std::string pending;
     auto kill_now = [&] {
-      if (killed || acked_a < kill_op || !pa[kill_op].started || pa[kill_op].steps < kill_step) return;
-      if (!kill_file.empty() && !file_seen && !pa[kill_op].acked && !victim_failed) return;
+      if (killed || acked[kill_stream] < kill_op || !pv[kill_op].started || pv[kill_op].steps < kill_step)
+        return;
+      if (!kill_file.empty() && !file_seen && !pv[kill_op].acked && !victim_failed) return;
       if (::kill(daemon, SIGKILL) != 0) ADD_FAILURE() << what.str() << ": kill: " << std::strerror(errno);
       killed = true;
       if (!kill_file.empty()) ++(file_seen ? stats_.kills_at_daemon_files : stats_.kills_at_ack_instead);
@@ -613,9 +678,9 @@ class Soak {
                               << "ABC"[r.stream] << " op " << r.op << " (" << describe(op) << "): " << how
                               << ", on the live mount";
           ++stats_.failures_after_kill[how];
-          if (r.stream == 0 && r.op == kill_op) victim_failed = true;
+          if (r.stream == kill_stream && r.op == kill_op) victim_failed = true;
         }
-        if (r.stream == 0 && r.what == 'A') ++acked_a;
+        if (r.what == 'A') ++acked[r.stream];
         kill_now();
       }
     };
@@ -623,7 +688,7 @@ class Soak {
     while (!eof) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - test::Clock::now());
       ASSERT_GT(left.count(), 0) << what.str()
-                                 << ": the workload neither finished nor failed in time (hang?); " << acked_a
+                                 << ": the workload neither finished nor failed in time (hang?); " << acked[0]
                                  << " ops of stream A acknowledged, killed: " << killed;
       pollfd p[2] = {{reports.get(), POLLIN, 0}, {watch.get(), POLLIN, 0}};
       if (::poll(p, 2, static_cast<int>(left.count())) <= 0) continue;
@@ -634,17 +699,18 @@ class Soak {
           const auto* e = reinterpret_cast<const inotify_event*>(events + at);
           at += static_cast<ssize_t>(sizeof(inotify_event) + e->len);
           if (kill_file.empty() || e->len == 0 || kill_file != e->name) continue;
-          // The command of op K runs after its 'P' report was written: with the reports read again, an
-          // event that op K caused finds that report; one from an earlier op does not.
+          // The command of op K runs after its 'P' report was written (a mirror command: its 'S'): with the
+          // reports read again, an event that op K caused finds that report; one from an earlier op does not
+          // (another stream's may: a kill in op K all the same).
           drain_reports();
-          if (pa[kill_op].steps >= 1) file_seen = true;
+          if (kill_stream == 0 ? pv[kill_op].steps >= 1 : pv[kill_op].started) file_seen = true;
         }
       }
       kill_now();
     }
     const auto status = child.wait(30s);
     ASSERT_TRUE(status.has_value()) << what.str() << ": the workload did not exit after its reports ended";
-    ASSERT_TRUE(killed) << what.str() << ": the workload stopped before the kill point, after " << acked_a
+    ASSERT_TRUE(killed) << what.str() << ": the workload stopped before the kill point, after " << acked[0]
                         << " acknowledged ops (an op failed on a live mount? see the child's message above)";
     ASSERT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) <= 1)
         << what.str() << ": child status " << *status;
@@ -678,7 +744,7 @@ class Soak {
     apply(a, progress[0]);
     apply(b, progress[1]);
     apply(c, progress[2]);
-    what << "; acknowledged " << acked_a << "/" << a.size() << " A, " << count_acked(progress[1]) << "/"
+    what << "; acknowledged " << acked[0] << "/" << a.size() << " A, " << count_acked(progress[1]) << "/"
          << b.size() << " B, " << count_acked(progress[2]) << "/" << c.size() << " C";
 
     // The mount is dead; the next mount of the state directory detaches it by itself.
@@ -733,7 +799,7 @@ class Soak {
       EXPECT_EQ(log.find(report), std::string::npos) << "the daemon's log has a sanitizer report:\n" << log;
     }
     uint64_t ignored = 0;
-    for (const std::string& path : {origin_img_, leg0_, leg1_}) {
+    for (const std::string& path : {origin_img_, leg0_, leg1_}) {  // leg1_: the second leg now
       VolumeModel copy = path == origin_img_ ? origin_ : mirror_;
       const std::string diff = check_volume(path, copy, &stats_.blocks_checked, &ignored);
       EXPECT_EQ(diff, "") << "after a clean umount";
@@ -761,6 +827,11 @@ class Soak {
                " --chunk-size " + op.chunk_size;
       case OpKind::snapshot_merge:
         return "snapshot merge " + op.target;
+      case OpKind::mirror_replace:
+        return "mirror replace " + op.old_leg + " " + op.new_leg;
+      case OpKind::mirror_throttle:
+        return "mirror throttle --percent " + std::to_string(op.throttle_percent) + " --rate " +
+               std::to_string(op.throttle_bytes_per_second);
     }
     return "?";
   }
@@ -777,6 +848,10 @@ class Soak {
         return "snapshot create";
       case 'm':
         return "snapshot merge";
+      case 'r':
+        return "mirror replace";
+      case 't':
+        return "mirror throttle";
     }
     return "?";
   }
@@ -840,13 +915,30 @@ class Soak {
     return ops;
   }
 
+  // Mirror writes, now and then a `mirror replace` of the second leg (by the image not in the mirror, which
+  // the one replaced becomes) or a `mirror throttle` of the resync.
   std::vector<Op> plan_stream_b(uint64_t seed, std::mt19937_64& rng) {
     std::vector<Op> ops(40);
     uint64_t counter = 0;
+    std::string second = leg1_, spare = spare_leg_;
     for (Op& op : ops) {
-      op.kind = OpKind::mirror_write;
-      op.writes = random_extents(rng, seed, 1, counter);
-      op.fsync = rng() % 4 != 0;
+      const uint64_t dice = rng() % 100;
+      if (dice < 4) {
+        op.kind = OpKind::mirror_replace;
+        op.old_leg = second;
+        op.new_leg = spare;
+        std::swap(second, spare);
+      } else if (dice < 8) {
+        op.kind = OpKind::mirror_throttle;
+        static const unsigned kPercents[] = {100, 100, 50, 10};
+        static const uint64_t kRates[] = {0, 0, 16 << 20, 64 << 20};
+        op.throttle_percent = kPercents[rng() % 4];
+        op.throttle_bytes_per_second = kRates[rng() % 4];
+      } else {
+        op.kind = OpKind::mirror_write;
+        op.writes = random_extents(rng, seed, 1, counter);
+        op.fsync = rng() % 4 != 0;
+      }
     }
     return ops;
   }
@@ -919,6 +1011,27 @@ class Soak {
         } else {
           interrupted_merge_ = it->name;  // resolved by what the remount shows
           ++stats_.merges_interrupted;
+        }
+        continue;
+      }
+      if (op.kind == OpKind::mirror_replace) {
+        if (g.acked) {
+          std::swap(leg1_, spare_leg_);
+          ++stats_.replaces_acked;
+        } else {
+          interrupted_replace_ = true;  // resolved by the table the remount loads
+          ++stats_.replaces_interrupted;
+        }
+        continue;
+      }
+      if (op.kind == OpKind::mirror_throttle) {
+        const ThrottleModel set{op.throttle_percent, op.throttle_bytes_per_second};
+        if (g.acked) {
+          throttle_ = set;
+          ++stats_.throttles_acked;
+        } else {
+          interrupted_throttle_ = set;
+          ++stats_.throttles_interrupted;
         }
         continue;
       }
@@ -996,6 +1109,7 @@ class Soak {
     const std::string mirror_state = state_of(targets["m"]);
     EXPECT_TRUE(mirror_state == "active" || mirror_state == "resyncing")
         << what << ": " << targets["m"].dump();
+    ASSERT_NO_FATAL_FAILURE(verify_mirror_table(what, targets["m"]));
     for (const auto& s : snapshots_) {
       EXPECT_EQ(state_of(targets[s.name]), "active") << what << ": " << targets[s.name].dump();
       EXPECT_EQ(targets[s.name].value("writable", !s.writable), s.writable) << what << ": " << s.name;
@@ -1026,6 +1140,28 @@ class Soak {
     }
   }
 
+  // The mirror's legs and throttle after the remount: what was acknowledged, or for a command in flight at
+  // the kill, what it was setting, whole. The model then takes what the mount shows.
+  void verify_mirror_table(const std::string& what, const nlohmann::json& t) {
+    std::vector<std::string> legs;
+    if (t.contains("legs"))
+      for (const auto& l : t["legs"]) legs.push_back(l.value("device", ""));
+    const bool replaced = legs == std::vector<std::string>{leg0_, spare_leg_};
+    if (interrupted_replace_ && replaced) {
+      ++stats_.interrupted_replaced;
+      std::cout << "  the interrupted replace of " << leg1_ << " happened" << std::endl;
+      std::swap(leg1_, spare_leg_);
+    }
+    interrupted_replace_ = false;
+    ASSERT_EQ(legs, (std::vector<std::string>{leg0_, leg1_})) << what << ": the mirror's legs: " << t.dump();
+    const nlohmann::json j = t.value("throttle", nlohmann::json::object());
+    const ThrottleModel shown{j.value("percent", 0u), j.value("bytes_per_second", uint64_t{0})};
+    if (interrupted_throttle_ && shown == *interrupted_throttle_) throttle_ = shown;
+    interrupted_throttle_.reset();
+    EXPECT_TRUE(shown == throttle_) << what << ": the mirror's throttle " << j.dump() << ", the model's "
+                                    << throttle_.percent << "% " << throttle_.bytes_per_second << " B/s";
+  }
+
   // Removes the oldest snapshots beyond the limits, while nothing runs (and no merge).
   void trim_snapshots(const std::string& what) {
     if (!merging_.empty()) return;
@@ -1048,7 +1184,11 @@ class Soak {
   uint64_t group_seed_;
   Stats& stats_;
   KcopyfsMount m_;
-  std::string origin_img_, leg0_, leg1_;
+  std::string origin_img_, leg0_;
+  std::string leg1_, spare_leg_;      // the mirror's second leg now, and the image a replace swaps in
+  bool interrupted_replace_ = false;  // a replace in flight at the kill
+  ThrottleModel throttle_;            // the mirror's throttle, as acknowledged
+  std::optional<ThrottleModel> interrupted_throttle_;  // a throttle in flight at the kill
   VolumeModel origin_, mirror_;
   std::vector<SnapshotModel> snapshots_;  // oldest first
   std::string merging_;                   // a snapshot merging into the origin (not in snapshots_)
@@ -1110,10 +1250,14 @@ TEST(SigkillSoak, MixedWorkloadSurvivesRandomKills) {
             << stats.merges_seen_merging
             << " times seen merging after a remount; kills on a daemon file event: "
             << stats.kills_at_daemon_files << " (" << stats.kills_at_ack_instead << " fell back to the ack); "
-            << stats.leftover_cows
-            << " COW files left by interrupted creates; files still locked after the daemon was gone: "
-            << stats.locks_outlived_daemon << " times, for at most " << stats.lock_wait_max_us / 1000.0
-            << " ms; " << static_cast<int>(secs) << " s" << std::endl;
+            << stats.leftover_cows << " COW files left by interrupted creates; mirror replaces acknowledged: "
+            << stats.replaces_acked << ", interrupted: " << stats.replaces_interrupted << " ("
+            << stats.interrupted_replaced
+            << " of them done); throttles acknowledged: " << stats.throttles_acked
+            << ", interrupted: " << stats.throttles_interrupted
+            << "; files still locked after the daemon was gone: " << stats.locks_outlived_daemon
+            << " times, for at most " << stats.lock_wait_max_us / 1000.0 << " ms; " << static_cast<int>(secs)
+            << " s" << std::endl;
 }
 
 }  // namespace
