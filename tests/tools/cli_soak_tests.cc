@@ -10,13 +10,13 @@
 // Each seed runs on the mount the seed before it left (the verification mount of seed i is the workload
 // mount of seed i+1), and the model carries over, so every seed also re-checks what earlier ones left:
 //  1. Plan, from the seed and the model. Stream A: origin writes and `kcopyfs snapshot create` (read-only or
-//     --writable, persistent, chunk 4K-64K) and `snapshot merge` (see merge_mode()). Stream B:
+//     --writable, persistent or --transient, chunk 4K-64K) and `snapshot merge` (see merge_mode()). Stream B:
 //     mirror writes. Stream C: writes to the writable snapshots that exist. A write op is 1-4 pwrites of 1-8
 //     whole blocks (half of them in a hot zone of 64 blocks), then mostly an fsync. Before a create or a
 //     merge, stream A fsyncs the origin (as a user freezes a filesystem first), so a snapshot's point-in-time
 //     image is known exactly. Stream B also runs `mirror replace` of the second leg (by a third image, stale
-//     on purpose: only a whole resync makes it right; the leg replaced becomes the next one swapped in) and
-//     `mirror throttle`.
+//     on purpose: only a whole resync makes it right; the leg replaced becomes the next one swapped in),
+//     `mirror resync` and `mirror throttle`.
 //  2. Run. A forked child runs the three streams on three threads at once and reports on a pipe when each op
 //     starts ('S'), after each pwrite or the pre-command fsync ('P'), when it is acknowledged ('A': its fsync
 //     or the command returned) or failed ('E', with errno; before the kill any failure is a finding).
@@ -34,10 +34,11 @@
 //  5. Verify. `status --json`: the targets are exactly the model's (an interrupted create or merge is
 //     resolved by what the remount shows: done or not done, as a whole), none `failed`, snapshots `active`,
 //     the mirror `active` or `resyncing`, its legs and throttle the acknowledged ones (a command in flight at
-//     the kill: done or not, whole). Every block of every view (origin, each snapshot, the mirror read
-//     twice, as reads are spread over its legs) must hold a version the model allows: the last one made
-//     durable (a write whose fsync returned; for a read-only snapshot, its point-in-time image and nothing
-//     else), or one written since and not made durable. The model then takes what it read as durable.
+//     the kill: done or not, whole), transient snapshots gone with their default COW files. Every block of
+//     every view (origin, each snapshot, the mirror read twice, as reads are spread over its legs) must hold
+//     a version the model allows: the last one made durable (a write whose fsync returned; for a read-only
+//     snapshot, its point-in-time image and nothing else), or one written since and not made durable. The
+//     model then takes what it read as durable.
 //  6. Keep it small: read-only snapshots beyond kMaxReadOnly and writable ones beyond kMaxWritable are
 //     removed, oldest first, with `kcopyfs remove` (not while a merge runs).
 // At the end of a group: a merge still running must finish (bounded), the mirror must come in sync (bounded),
@@ -244,7 +245,8 @@ enum class OpKind {
   snapshot_create,
   snapshot_merge,
   mirror_replace,
-  mirror_throttle
+  mirror_throttle,
+  mirror_resync
 };
 
 struct Extent {
@@ -259,6 +261,7 @@ struct Op {
   std::vector<Extent> writes;    // write kinds
   bool fsync = true;             // write kinds
   bool writable = false;         // snapshot_create
+  bool transient = false;        // snapshot_create
   bool wait = false;             // snapshot_merge: with --wait
   std::string chunk_size;        // snapshot_create
   std::string old_leg, new_leg;  // mirror_replace: the second leg, and the image that replaces it
@@ -315,6 +318,8 @@ struct Stats {
   int interrupted_replaced = 0;   // ... of which the table names the new leg after the remount
   int throttles_acked = 0;        // acknowledged `mirror throttle`
   int throttles_interrupted = 0;  // in flight at the kill
+  int resyncs_acked = 0;          // acknowledged `mirror resync`
+  int transients_dropped = 0;     // transient snapshots (acknowledged or interrupted creates) seen dropped
   std::map<std::string, int> failures_after_kill;  // how the workload's ops failed once the daemon was killed
   int locks_outlived_daemon = 0;  // kills after which an image was still locked once the daemon was gone
   uint64_t lock_wait_max_us = 0;
@@ -366,6 +371,7 @@ bool run_stream(uint8_t stream, const std::vector<Op>& ops, int report_fd, const
       if (!report('P', i)) return false;
       std::vector<std::string> options{"--chunk-size", op.chunk_size};
       if (op.writable) options.push_back("--writable");
+      if (op.transient) options.push_back("--transient");
       const CommandResult r =
           op.kind == OpKind::snapshot_create
               ? m.snapshot_create("o", op.target, options)
@@ -376,11 +382,14 @@ bool run_stream(uint8_t stream, const std::vector<Op>& ops, int report_fd, const
         std::fprintf(stderr, "soak child: op %u: %s\n", i, r.describe().c_str());
         return report('E', i, op.kind == OpKind::snapshot_create ? 'c' : 'm', 0), false;
       }
-    } else if (op.kind == OpKind::mirror_replace || op.kind == OpKind::mirror_throttle) {
+    } else if (op.kind == OpKind::mirror_replace || op.kind == OpKind::mirror_throttle ||
+               op.kind == OpKind::mirror_resync) {
       std::vector<std::string> words{"replace"}, args{"m"};
       if (op.kind == OpKind::mirror_replace) {
         args.push_back(op.old_leg);
         args.push_back(op.new_leg);
+      } else if (op.kind == OpKind::mirror_resync) {
+        words = {"resync"};
       } else {
         words = {"throttle"};
         args.insert(args.end(), {"--percent", std::to_string(op.throttle_percent), "--rate",
@@ -390,7 +399,10 @@ bool run_stream(uint8_t stream, const std::vector<Op>& ops, int report_fd, const
       const CommandResult r = m.verb(words, args);
       if (!r.ok()) {
         std::fprintf(stderr, "soak child: stream %u op %u: %s\n", stream, i, r.describe().c_str());
-        return report('E', i, op.kind == OpKind::mirror_replace ? 'r' : 't', 0), false;
+        const char call = op.kind == OpKind::mirror_replace  ? 'r'
+                          : op.kind == OpKind::mirror_resync ? 's'
+                                                             : 't';
+        return report('E', i, call, 0), false;
       }
     } else {
       const std::string path = op.kind == OpKind::origin_write   ? m.origin_view("o")
@@ -526,7 +538,8 @@ std::optional<uint64_t> env_number(const char* name) {
 struct SnapshotModel {
   std::string name;
   bool writable = false;
-  VolumeModel image;  // read-only: everything durable, never changes
+  VolumeModel image;       // read-only: everything durable, never changes
+  bool transient = false;  // gone after the remount that follows the kill, with its default COW file
 };
 
 class Soak {
@@ -824,7 +837,7 @@ class Soak {
         return "mirror write";
       case OpKind::snapshot_create:
         return std::string("snapshot create ") + op.target + (op.writable ? " --writable" : "") +
-               " --chunk-size " + op.chunk_size;
+               (op.transient ? " --transient" : "") + " --chunk-size " + op.chunk_size;
       case OpKind::snapshot_merge:
         return "snapshot merge " + op.target;
       case OpKind::mirror_replace:
@@ -832,6 +845,8 @@ class Soak {
       case OpKind::mirror_throttle:
         return "mirror throttle --percent " + std::to_string(op.throttle_percent) + " --rate " +
                std::to_string(op.throttle_bytes_per_second);
+      case OpKind::mirror_resync:
+        return "mirror resync";
     }
     return "?";
   }
@@ -852,6 +867,8 @@ class Soak {
         return "mirror replace";
       case 't':
         return "mirror throttle";
+      case 's':
+        return "mirror resync";
     }
     return "?";
   }
@@ -898,6 +915,7 @@ class Soak {
       } else if (dice < 14 && creates < 2 && !merged) {
         op.kind = OpKind::snapshot_create;
         op.writable = rng() % 3 == 0;
+        op.transient = rng() % 4 == 0;
         op.target =
             std::string(op.writable ? "w" : "s") + std::to_string(seed) + "-" + std::to_string(creates);
         static const char* kChunks[] = {"4K", "8K", "16K", "64K"};
@@ -916,7 +934,7 @@ class Soak {
   }
 
   // Mirror writes, now and then a `mirror replace` of the second leg (by the image not in the mirror, which
-  // the one replaced becomes) or a `mirror throttle` of the resync.
+  // the one replaced becomes), a forced `mirror resync` or a `mirror throttle` of the resync.
   std::vector<Op> plan_stream_b(uint64_t seed, std::mt19937_64& rng) {
     std::vector<Op> ops(40);
     uint64_t counter = 0;
@@ -928,7 +946,9 @@ class Soak {
         op.old_leg = second;
         op.new_leg = spare;
         std::swap(second, spare);
-      } else if (dice < 8) {
+      } else if (dice < 6) {
+        op.kind = OpKind::mirror_resync;
+      } else if (dice < 10) {
         op.kind = OpKind::mirror_throttle;
         static const unsigned kPercents[] = {100, 100, 50, 10};
         static const uint64_t kRates[] = {0, 0, 16 << 20, 64 << 20};
@@ -982,7 +1002,7 @@ class Soak {
         if (g.steps >= 1) origin_.synced();  // its fsync of the origin returned
         if (g.steps < 1) continue;           // the create was never asked for
         ASSERT_TRUE(origin_.settled());
-        SnapshotModel s{op.target, op.writable, origin_};
+        SnapshotModel s{op.target, op.writable, origin_, op.transient};
         if (g.acked) {
           snapshots_.push_back(std::move(s));
           ++stats_.snapshots_created;
@@ -1024,6 +1044,10 @@ class Soak {
         }
         continue;
       }
+      if (op.kind == OpKind::mirror_resync) {
+        if (g.acked) ++stats_.resyncs_acked;  // the mirror's content is the same either way
+        continue;
+      }
       if (op.kind == OpKind::mirror_throttle) {
         const ThrottleModel set{op.throttle_percent, op.throttle_bytes_per_second};
         if (g.acked) {
@@ -1058,6 +1082,19 @@ class Soak {
     for (const auto& t : status["targets"]) targets[t.value("name", "")] = t;
     for (const auto& [name, t] : targets) {
       EXPECT_NE(state_of(t), "failed") << what << ": " << t.dump();
+    }
+    // A transient snapshot does not outlive its daemon: the remount dropped it and its default COW file.
+    for (auto it = snapshots_.begin(); it != snapshots_.end();) {
+      if (!it->transient) {
+        ++it;
+        continue;
+      }
+      expect_dropped(what, targets, it->name, true);
+      it = snapshots_.erase(it);
+    }
+    if (interrupted_create_ && interrupted_create_->transient) {
+      expect_dropped(what, targets, interrupted_create_->name, false);
+      interrupted_create_.reset();
     }
     if (interrupted_create_) {
       if (targets.count(interrupted_create_->name) != 0) {
@@ -1138,6 +1175,21 @@ class Soak {
       merging_.clear();
       ++stats_.merges_finished;
     }
+  }
+
+  // A transient snapshot after the remount: gone and, once its create was acknowledged (the table named it),
+  // its default COW file deleted. A create cut short may leave the file, as a persistent one's may.
+  void expect_dropped(const std::string& what, const std::map<std::string, nlohmann::json>& targets,
+                      const std::string& name, bool acknowledged) {
+    EXPECT_EQ(targets.count(name), 0u) << what << ": transient snapshot " << name << " outlived its daemon";
+    const bool cow_left = test::path_exists(m_.state_dir() + "/" + name + ".cow");
+    if (acknowledged) {
+      EXPECT_FALSE(cow_left) << what << ": the COW file of transient snapshot " << name << " is left";
+    } else if (cow_left) {
+      ++stats_.leftover_cows;
+      std::cout << "  note: " << name << ".cow is left in the state directory" << std::endl;
+    }
+    ++stats_.transients_dropped;
   }
 
   // The mirror's legs and throttle after the remount: what was acknowledged, or for a command in flight at
@@ -1255,6 +1307,8 @@ TEST(SigkillSoak, MixedWorkloadSurvivesRandomKills) {
             << stats.interrupted_replaced
             << " of them done); throttles acknowledged: " << stats.throttles_acked
             << ", interrupted: " << stats.throttles_interrupted
+            << "; resyncs acknowledged: " << stats.resyncs_acked
+            << "; transient snapshots dropped by a remount: " << stats.transients_dropped
             << "; files still locked after the daemon was gone: " << stats.locks_outlived_daemon
             << " times, for at most " << stats.lock_wait_max_us / 1000.0 << " ms; " << static_cast<int>(secs)
             << " s" << std::endl;
