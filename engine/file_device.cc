@@ -10,8 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 namespace kcopyfs {
 
@@ -73,6 +75,7 @@ Result<std::unique_ptr<FileDevice>> FileDevice::open(const std::string& path, co
   }
   dev->fd_.reset(fd);
   dev->direct_io_ = want_direct;
+  dev->exclusive_ = (flags & O_EXCL) != 0;
 
   if (!is_blk && options.sharing != Sharing::none) {
     struct flock lk {};
@@ -119,6 +122,21 @@ FileDevice::~FileDevice() {
     lk.l_type = F_UNLCK;
     lk.l_whence = SEEK_SET;
     ::fcntl(fd_.get(), F_OFD_SETLK, &lk);
+  }
+  if (!exclusive_) return;
+  // A completed request of a submission-polling ring (a flush, done by an io_uring worker) may drop its
+  // reference to the file after ours is gone, and the claim lasts until the last one: the device is free
+  // once an O_EXCL open of it succeeds.
+  fd_.reset();
+  const auto deadline = std::chrono::steady_clock::now() + kReleaseWait;
+  for (;;) {
+    const int probe = ::open(path_.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK);
+    if (probe >= 0) {
+      ::close(probe);
+      return;
+    }
+    if (errno != EBUSY || std::chrono::steady_clock::now() >= deadline) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 

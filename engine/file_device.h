@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -41,8 +42,11 @@ class FileDevice final : public BlockDevice {
   static Result<std::unique_ptr<FileDevice>> open(const std::string& path, const OpenOptions& options);
 
   // Releases the file lock explicitly before closing: io_uring may hold the file a moment longer, and a lock
-  // that outlived the device would refuse the next open.
+  // that outlived the device would refuse the next open. For a block device held with O_EXCL, which only the
+  // file's last reference releases, waits (at most kReleaseWait) until the kernel lets the device go, so that
+  // whoever opens it next (losetup -d, mount, another target) finds it free.
   ~FileDevice() override;
+  static constexpr std::chrono::milliseconds kReleaseWait{2000};
 
   const std::string& path() const override { return path_; }
   Bytes size() const override { return size_; }
@@ -85,7 +89,8 @@ class FileDevice final : public BlockDevice {
   bool read_only_ = false;
   bool is_block_device_ = false;
   bool direct_io_ = false;
-  bool locked_ = false;  // holds an OFD lock on the file
+  bool locked_ = false;     // holds an OFD lock on the file
+  bool exclusive_ = false;  // a block device opened with O_EXCL
   dev_t filesystem_ = 0;
 
   // Learned on first use: whether fallocate can zero (or punch) ranges here.
