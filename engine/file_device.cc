@@ -126,18 +126,24 @@ FileDevice::~FileDevice() {
   if (!exclusive_) return;
   // A completed request of a submission-polling ring (a flush, done by an io_uring worker) may drop its
   // reference to the file after ours is gone, and the claim lasts until the last one: the device is free
-  // once an O_EXCL open of it succeeds.
+  // once an O_EXCL open of it succeeds. Only the device we held is waited for (the path may name another
+  // by now).
+  const int saved_errno = errno;
+  struct stat held {};
+  const bool known = ::fstat(fd_.get(), &held) == 0;
   fd_.reset();
   const auto deadline = std::chrono::steady_clock::now() + kReleaseWait;
-  for (;;) {
+  struct stat now {};
+  while (known && ::stat(path_.c_str(), &now) == 0 && S_ISBLK(now.st_mode) && now.st_rdev == held.st_rdev) {
     const int probe = ::open(path_.c_str(), O_RDONLY | O_EXCL | O_CLOEXEC | O_NONBLOCK);
     if (probe >= 0) {
       ::close(probe);
-      return;
+      break;
     }
-    if (errno != EBUSY || std::chrono::steady_clock::now() >= deadline) return;
+    if (errno != EBUSY || std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  errno = saved_errno;
 }
 
 Status FileDevice::grow_file(Bytes new_size) {
