@@ -495,25 +495,14 @@ bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
   return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
 }
 
-// Whether an open file description still holds an OFD lock on the file at path (how engine/file_device.cc
-// holds images, COW files and logs).
-bool file_locked(const std::string& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return false;
-  struct flock lk {};
-  lk.l_type = F_WRLCK;
-  lk.l_whence = SEEK_SET;
-  return ::fcntl(fd.get(), F_OFD_GETLK, &lk) == 0 && lk.l_type != F_UNLCK;
-}
-
-// The regular files directly in dirs that are locked (file_locked), by path.
+// The regular files directly in dirs that are locked (test::file_locked), by path.
 std::vector<std::string> locked_files(const std::vector<std::string>& dirs) {
   std::vector<std::string> held;
   for (const std::string& dir : dirs) {
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
       if (!entry.is_regular_file(ec) || entry.path().filename() == "lock") continue;
-      if (file_locked(entry.path().string())) held.push_back(entry.path().string());
+      if (test::file_locked(entry.path().string())) held.push_back(entry.path().string());
     }
   }
   return held;
@@ -1221,9 +1210,9 @@ class Soak {
     // A leg the killed daemon had just replaced out is in no table, so no mount waits for the dead daemon's
     // io_uring to let go of it (finding 1): the next replace onto it would meet its lock. Wait for that here,
     // as a user would retry.
-    if (file_locked(spare_leg_)) {
+    if (test::file_locked(spare_leg_)) {
       ++stats_.spare_leg_locked;
-      ASSERT_TRUE(test::wait_until([&] { return !file_locked(spare_leg_); }, 20s))
+      ASSERT_TRUE(test::wait_until([&] { return !test::file_locked(spare_leg_); }, 20s))
           << what << ": " << spare_leg_ << " still locked 20 s after the daemon that held it died";
     }
     const nlohmann::json j = t.value("throttle", nlohmann::json::object());

@@ -140,6 +140,17 @@ inline uint64_t file_size(const std::string& path) {
   return static_cast<uint64_t>(st.st_size);
 }
 
+// Whether an open file description holds an OFD lock on the file at path (how engine/file_device.cc holds
+// images, COW files and logs).
+inline bool file_locked(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return false;
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  return ::fcntl(fd.get(), F_OFD_GETLK, &lk) == 0 && lk.l_type != F_UNLCK;
+}
+
 inline bool path_exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
