@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/forked.h"
 #include "tests/tools/mount_fixture.h"
 
 #ifndef KCOPYFS_FSX
@@ -45,8 +46,12 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::CommandResult;
+using test::describe_status;
+using test::Forked;
 using test::KcopyfsMount;
 using test::run_command;
+using test::wait_child;
+using test::wait_gone;
 using test::wait_until;
 
 constexpr uint64_t kKiB = 1024;
@@ -156,81 +161,6 @@ std::string trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   return s;
 }
-
-// Waits at most timeout for pid (our child) to exit. Result: its wait status, or nullopt after a timeout,
-// when it has been killed with SIGKILL and reaped.
-std::optional<int> wait_child(pid_t pid, std::chrono::milliseconds timeout) {
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  const auto deadline = test::Clock::now() + timeout;
-  for (;;) {
-    int status = 0;
-    const pid_t w = ::waitpid(pid, &status, WNOHANG);
-    if (w == pid) return status;
-    if (w < 0 && errno != EINTR) return std::nullopt;
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - test::Clock::now());
-    if (left.count() <= 0) break;
-    pollfd p{pidfd.get(), POLLIN, 0};
-    ::poll(&p, 1, pidfd.valid() ? static_cast<int>(left.count()) : 20);
-  }
-  ::kill(pid, SIGKILL);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return std::nullopt;
-}
-
-std::string describe_status(const std::optional<int>& status) {
-  if (!status) return "timed out (killed)";
-  if (WIFEXITED(*status)) return "exit " + std::to_string(WEXITSTATUS(*status));
-  if (WIFSIGNALED(*status)) return std::string("killed by ") + ::strsignal(WTERMSIG(*status));
-  return "stopped";
-}
-
-// Waits at most timeout for a process that is not our child to be gone (exited; a zombie counts as gone).
-bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd.valid()) return wait_until([&] { return !test::process_alive(pid); }, timeout);
-  pollfd p{pidfd.get(), POLLIN, 0};
-  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
-}
-
-// A forked child running fn (exit code: its result). The child must not touch gtest: it reports on stderr.
-// The destructor kills and reaps a child still running.
-class Forked {
- public:
-  explicit Forked(const std::function<int()>& fn) {
-    std::cout.flush();
-    std::cerr.flush();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int code = 3;
-      try {
-        code = fn();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "child: exception: %s\n", e.what());
-      }
-      std::fflush(stderr);
-      ::_exit(code);
-    }
-  }
-  ~Forked() {
-    if (pid_ > 0) wait(0ms);
-  }
-  Forked(const Forked&) = delete;
-  Forked& operator=(const Forked&) = delete;
-  pid_t pid() const { return pid_; }
-  bool started() const { return pid_ > 0; }
-  // Waits at most timeout (then kills). Result: the wait status, nullopt after a timeout.
-  std::optional<int> wait(std::chrono::milliseconds timeout) {
-    if (pid_ <= 0) return std::nullopt;
-    auto status = wait_child(pid_, timeout);
-    pid_ = -1;
-    return status;
-  }
-
- private:
-  pid_t pid_ = -1;
-};
 
 bool exited_ok(const std::optional<int>& status) {
   return status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0;

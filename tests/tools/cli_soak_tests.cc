@@ -82,6 +82,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/forked.h"
 #include "tests/tools/mount_fixture.h"
 
 namespace kcopyfs {
@@ -424,57 +425,6 @@ bool run_stream(uint8_t stream, const std::vector<Op>& ops, int report_fd, const
   return true;
 }
 
-// A forked child; the destructor kills and reaps it if it is still there.
-class Child {
- public:
-  explicit Child(const std::function<int()>& fn) {
-    std::cout.flush();
-    std::cerr.flush();
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      int code = 3;
-      try {
-        code = fn();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "soak child: exception: %s\n", e.what());
-      }
-      std::fflush(stderr);
-      ::_exit(code);
-    }
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-      }
-    }
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  bool started() const { return pid_ > 0; }
-  // Waits at most timeout (then kills). Result: the wait status, or nullopt after a timeout.
-  std::optional<int> wait(std::chrono::milliseconds timeout) {
-    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
-    const auto deadline = test::Clock::now() + timeout;
-    for (;;) {
-      int status = 0;
-      const pid_t w = ::waitpid(pid_, &status, WNOHANG);
-      if (w == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - test::Clock::now());
-      if (left.count() <= 0) return std::nullopt;  // the destructor kills it
-      pollfd p{pidfd.get(), POLLIN, 0};
-      ::poll(&p, 1, pidfd.valid() ? static_cast<int>(left.count()) : 20);
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-};
-
 // How many mounts sit at exactly path (a dead mount under a live one counts twice).
 int mounts_at(const std::string& path) {
   std::ifstream in("/proc/self/mountinfo");
@@ -486,13 +436,6 @@ int mounts_at(const std::string& path) {
     if (test::unescape_mount_field(mount_point) == path) ++count;
   }
   return count;
-}
-
-bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd.valid()) return test::wait_until([&] { return !test::process_alive(pid); }, timeout);
-  pollfd p{pidfd.get(), POLLIN, 0};
-  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
 }
 
 // The regular files directly in dirs that are locked (test::file_locked), by path.
@@ -629,7 +572,7 @@ class Soak {
     ASSERT_GT(daemon, 0) << what.str();
     UniqueFd daemon_fd(static_cast<int>(::syscall(SYS_pidfd_open, daemon, 0)));
     // Streams B and C run beside A, on their own threads: the daemon sees concurrent writes to three volumes.
-    Child child([&]() -> int {
+    test::Forked child([&]() -> int {
       reports.reset();
       watch.reset();
       std::atomic<bool> b_ok{true}, c_ok{true};
@@ -804,7 +747,7 @@ class Soak {
     const CommandResult umount = m_.umount();
     ASSERT_TRUE(umount.ok()) << umount;
     EXPECT_EQ(mounts_at(m_.mnt()), 0);
-    EXPECT_TRUE(wait_gone(daemon, 20s)) << "the daemon did not exit after umount";
+    EXPECT_TRUE(test::wait_gone(daemon, 20s)) << "the daemon did not exit after umount";
     ++stats_.clean_umounts;
     // The daemons of the group wrote their stderr here: a sanitizer report (the ASan+UBSan build; a leak
     // shows at this clean exit) is a failure even though no command failed.
