@@ -107,6 +107,19 @@ md5() { md5sum <"$1" | cut -d' ' -f1; }
 chunks_differing() {
   cmp -l "$1" "$2" 2>/dev/null | awk -v c="$3" '{ n = int(($1 - 1) / c); if (!(n in seen)) { seen[n]; printf "%s%d", (k++ ? " " : ""), n } } k >= 16 { exit }'
 }
+# area0_report COW CHUNK_BYTES OLD_CHUNK...: what metadata area 0 (chunk 1) of a persistent COW holds, for a
+# mismatch: its record count up to the first all-zero record, any records after that, and for each OLD_CHUNK
+# the record that copies it, if one does.
+area0_report() {
+  local cow=$1 cb=$2
+  shift 2
+  od -An -v -t u8 -j "$cb" -N "$cb" "$cow" | tr -s ' ' '\n' | grep -v '^$' | paste - - |
+    awk -v want="$*" 'BEGIN { n = split(want, w, " ") }
+      { r = NR - 1; if (!end && $2 == 0) end = 1; if (end) { if ($1 != 0 || $2 != 0) after++ } else { count++; old[$1] = r ":" $2 } }
+      END { printf "area 0: %d records, %d non-zero after the terminator", count, after
+            for (i = 1; i <= n; i++) printf "; old chunk %s: %s", w[i], (w[i] in old) ? "record " old[w[i]] : "no record"
+            print "" }'
+}
 # shellcheck disable=SC2317  # called through run
 # scribble FILE "OFFSET:LENGTH ..." (bytes, multiples of 512): random writes, each made durable before the next.
 scribble() {
@@ -442,9 +455,14 @@ if kmount c; then
   fi
   if run crash "$K" origin add "$M" po "${IMG[po]}" &&
     run crash "$K" snapshot attach "$M" po ps --cow "${IMG[pc]}"; then
-    expect crash "kcopyfs: the kernel's COW after a power cut, content at the point in time" "$po_orig" \
-      "$(md5 "$M/snapshots/ps")" ||
-      echo "       8K chunks that differ: $(chunks_differing "$WORK/po.orig" "$M/snapshots/ps" 8192)"
+    if ! expect crash "kcopyfs: the kernel's COW after a power cut, content at the point in time" "$po_orig" \
+      "$(md5 "$M/snapshots/ps")"; then
+      # Where, and what the images say there: was the origin written, does the COW record a copy?
+      differ=$(chunks_differing "$WORK/po.orig" "$M/snapshots/ps" 8192)
+      echo "       8K chunks that differ: $differ"
+      echo "       origin image chunks that differ from the original: $(chunks_differing "$WORK/po.orig" "${IMG[po]}" 8192)"
+      echo "       COW $(area0_report "${IMG[pc]}" 8192 "$differ")"
+    fi
     ps_state=$(kstatus "$M" ps)
     if [ "${ps_state%%|*}" = active ]; then
       pass crash "kcopyfs: status '$ps_state' (the kernel said '$(got two ps_cut)' just before the cut)"
