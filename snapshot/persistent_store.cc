@@ -21,11 +21,9 @@ namespace fmt = cow_format;
 
 namespace {
 
-using AlignedBuffer = AlignedBytes;
-
 // A zero-filled buffer that O_DIRECT accepts as it is (no bounce copy in the device).
-AlignedBuffer allocate(const BlockDevice& dev, Bytes length) {
-  AlignedBuffer b = allocate_aligned(io_alignment(dev), length.value());
+AlignedBytes allocate(const BlockDevice& dev, Bytes length) {
+  AlignedBytes b = allocate_aligned(io_alignment(dev), length.value());
   std::memset(b.get(), 0, length.value());
   return b;
 }
@@ -99,7 +97,7 @@ class AreaReader {
 
  private:
   struct Slot {
-    AlignedBuffer buffer;
+    AlignedBytes buffer;
     bool done = false;
     std::error_code error;
   };
@@ -166,7 +164,7 @@ struct CommitBatch {
   uint64_t area = 0;
   bool full = false;     // the area is complete: zero the next one on disk first
   bool preflush = true;  // flush before the area write: some of its records' data may not be durable yet
-  AlignedBuffer owned;   // a full area's own buffer; a partial batch writes from State::write_buffer
+  AlignedBytes owned;    // a full area's own buffer; a partial batch writes from State::write_buffer
   std::byte* data = nullptr;
   std::vector<std::function<void(bool)>> callbacks;
 };
@@ -347,7 +345,7 @@ struct PersistentStore::State {
   const Bytes chunk_bytes;
   const uint64_t cow_chunks;
   const std::byte* zero_chunk = nullptr;
-  AlignedBuffer own_zero_chunk;
+  AlignedBytes own_zero_chunk;
 
   mutable std::mutex mutex;
   std::condition_variable idle;  // io_in_flight reached 0
@@ -356,11 +354,11 @@ struct PersistentStore::State {
   ChunkIndex next_free = fmt::kFirstDataChunk;
   uint64_t current_area = 0;
   uint64_t current_committed = 0;                    // records in `area`
-  AlignedBuffer area;                                // the current area as it will be written
+  AlignedBytes area;                                 // the current area as it will be written
   std::vector<std::function<void(bool)>> unwritten;  // commits in `area` not yet part of a batch
   std::deque<std::shared_ptr<CommitBatch>> sealed;   // full areas waiting for their write
   bool writing = false;                              // one batch (or merge write) at a time, in order
-  AlignedBuffer write_buffer;                        // what a partial-area batch or a merge writes
+  AlignedBytes write_buffer;                         // what a partial-area batch or a merge writes
   unsigned io_in_flight = 0;  // batches, merge and header writes the destructor must wait for
   uint64_t area_writes = 0;
 
@@ -387,7 +385,7 @@ Result<RawHeader> read_raw_header(BlockDevice& cow) {
   if (cow.size() < Bytes(block))
     return cow_fault(cow,
                      "device of " + std::to_string(cow.size().value()) + " bytes is too small for a header");
-  AlignedBuffer buffer = allocate(cow, Bytes(block));
+  AlignedBytes buffer = allocate(cow, Bytes(block));
   if (auto ec = read_sync(cow, Bytes(0), {buffer.get(), block})) return cow_io_error(cow, ec, "read header");
   const std::byte* p = buffer.get();
   return RawHeader{fmt::load_le32(p + fmt::kMagicOffset), fmt::load_le32(p + fmt::kValidOffset),
@@ -453,7 +451,7 @@ Result<std::unique_ptr<PersistentStore>> PersistentStore::create(BlockDevice& co
           write_sync(cow, state->offset_of(state->area_location(0)), state->chunk_span(state->zero_chunk)))
     return cow_io_error(cow, ec, "zero metadata area 0");
   if (auto ec = flush_sync(cow)) return cow_io_error(cow, ec, "flush");
-  AlignedBuffer header = allocate(cow, chunk_bytes);
+  AlignedBytes header = allocate(cow, chunk_bytes);
   encode_header(header.get(), true, chunk_size);
   if (auto ec = write_sync(cow, Bytes(0), state->chunk_span(header.get())))
     return cow_io_error(cow, ec, "write header");
@@ -610,7 +608,7 @@ void PersistentStore::invalidate(std::function<void(bool ok)> done) {
     ++s.io_in_flight;
   }
   // Its own buffer: the header write may overlap an area write in flight.
-  auto header = std::make_shared<AlignedBuffer>(allocate(s.cow, s.chunk_bytes));
+  auto header = std::make_shared<AlignedBytes>(allocate(s.cow, s.chunk_bytes));
   encode_header(header->get(), false, s.geometry.chunk_size());
   State* sp = &s;
   auto finish = [sp, header, done = std::move(done)](std::error_code ec) {
@@ -644,7 +642,7 @@ int PersistentStore::prepare_merge(Exception& last) {
     // The current area is merged away: step back to the previous one, full by construction.
     const uint64_t previous = s.current_area - 1;
     lock.unlock();
-    AlignedBuffer buffer = allocate(s.cow, s.chunk_bytes);
+    AlignedBytes buffer = allocate(s.cow, s.chunk_bytes);
     if (read_sync(s.cow, s.offset_of(s.area_location(previous)), {buffer.get(), s.chunk_bytes.value()}))
       return -EIO;
     lock.lock();
